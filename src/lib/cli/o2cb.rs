@@ -41,15 +41,21 @@ const USAGE: &str =
 /// The file is --config-file, else $O2CB_CONFIG_FILE, else
 /// /etc/ocfs2/cluster.conf. Global options must come before the command.
 ///
-/// Exit status: 0 on success, 1 on any error (as the real tool).
+/// Exit status: 0 on success, 1 on any error (as the real tool). A
+/// duplicate add-cluster and a listing of an unknown cluster exit 0, as the
+/// real tool does.
+///
+/// Environment: O2CB_CONFIG_FILE names the configuration file when
+/// --config-file is not given.
+///
+/// See also: cluster.conf(5) for the file format.
 #[derive(Parser, Debug)]
 #[command(
     name = "o2cb",
     version,
     override_usage = USAGE,
     disable_help_subcommand = true,
-    infer_long_args = true,
-    after_help = "Environment:\n  O2CB_CONFIG_FILE  the configuration file when --config-file is not given"
+    infer_long_args = true
 )]
 pub struct O2cbArgs {
     /// The cluster configuration file [default: $O2CB_CONFIG_FILE, else /etc/ocfs2/cluster.conf]

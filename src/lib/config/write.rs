@@ -203,3 +203,121 @@ mod tests {
         assert_eq!(String::from_utf8(c.to_bytes()).unwrap(), src);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use crate::config::{Cluster, ClusterConf, Heartbeat, HeartbeatMode, Node, parse};
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    /// Text the file format can carry: no NUL, not starting or ending with
+    /// white space (the reader strips trailing blanks), no backslash right
+    /// before a newline or at the end.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "([a-zA-Z0-9_#=:.é-][a-zA-Z0-9_ \t\n#=:.é\\-]{0,8})?[a-zA-Z0-9_#=:.é-]"
+                .prop_filter("representable", |s| !s.contains("\\\n")),
+        ]
+    }
+
+    fn node() -> impl Strategy<Value = Node> {
+        (
+            value().prop_filter("non-empty", |s| !s.is_empty()),
+            0u32..i32::MAX as u32 - 1,
+            any::<[u8; 4]>(),
+            any::<u32>(),
+        )
+            .prop_map(|(name, number, ip, ip_port)| Node {
+                name,
+                number,
+                ip_address: Ipv4Addr::from(ip),
+                ip_port,
+            })
+    }
+
+    fn cluster() -> impl Strategy<Value = Cluster> {
+        (
+            value(),
+            any::<bool>(),
+            any::<u32>(),
+            proptest::collection::vec(node(), 0..4),
+            proptest::collection::btree_set(
+                value().prop_filter("non-empty", |s| !s.is_empty()),
+                0..3,
+            ),
+        )
+            .prop_map(|(name, global, node_count, nodes, regions)| {
+                let mut c = Cluster::new(&name);
+                c.heartbeat_mode = if global {
+                    HeartbeatMode::Global
+                } else {
+                    HeartbeatMode::Local
+                };
+                c.node_count = node_count;
+                for n in nodes {
+                    if c.node(&n.name).is_none() {
+                        c.nodes.push(n);
+                    }
+                }
+                c.heartbeats = regions
+                    .into_iter()
+                    .map(|region| Heartbeat { region })
+                    .collect();
+                c
+            })
+    }
+
+    fn conf() -> impl Strategy<Value = ClusterConf> {
+        proptest::collection::vec(cluster(), 0..4).prop_map(|cs| {
+            let mut conf = ClusterConf::default();
+            for c in cs {
+                if conf.cluster(&c.name).is_none() {
+                    conf.clusters.push(c);
+                }
+            }
+            conf
+        })
+    }
+
+    /// Arbitrary bytes biased towards the format's own tokens.
+    fn text() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b"cluster:\n".to_vec()),
+                Just(b"node:\n".to_vec()),
+                Just(b"heartbeat:\n".to_vec()),
+                Just(b"\tname = c1\n".to_vec()),
+                Just(b"\tnode_count = 1\n".to_vec()),
+                Just(b"\tcluster = c1\n".to_vec()),
+                Just(b"\tnumber = 1\n".to_vec()),
+                Just(b"\tip_address = 10.0.0.1\n".to_vec()),
+                Just(b"\tip_port = 7777\n".to_vec()),
+                Just(b"\tregion = R\n".to_vec()),
+                Just(b"\theartbeat_mode = global\n".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\\".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..4),
+            ],
+            0..24,
+        )
+        .prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn models_round_trip(c in conf()) {
+            let bytes = c.to_bytes();
+            prop_assert_eq!(parse(&bytes).unwrap(), c);
+        }
+
+        #[test]
+        fn write_of_parse_is_stable(x in text()) {
+            if let Ok(c1) = parse(&x) {
+                let b1 = c1.to_bytes();
+                let c2 = parse(&b1).expect("what we write parses");
+                prop_assert_eq!(c2.to_bytes(), b1);
+            }
+        }
+    }
+}

@@ -8,4 +8,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlm;
 pub mod heartbeat;

@@ -10,3 +10,4 @@ pub mod cli;
 pub mod config;
 pub mod dlm;
 pub mod heartbeat;
+pub mod proto;

@@ -1,0 +1,1224 @@
+//! The client wire protocol between lockd and its clients (see `docs/PROTOCOL.md`).
+//!
+//! A connection is a stream of frames: a 4-byte little-endian payload length,
+//! then the payload (at most [`MAX_FRAME`] bytes). The first frame from the
+//! client is [`ClientMsg::Hello`] with the protocol version; lockd answers
+//! [`ServerMsg::Welcome`] or [`ServerMsg::Error`] and closes. After that the
+//! client sends requests, each with a tag; lockd answers each with a
+//! [`ServerMsg::Reply`] carrying the tag, and pushes [`ServerMsg::Event`]s
+//! (grants, failures, blocking notifications, lost locks) whenever they happen.
+//! Many requests may be in flight on one connection.
+//!
+//! Encoding and decoding are pure functions over bytes: [`decode_client`] and
+//! [`decode_server`] return `Ok(None)` when more bytes are needed.
+//!
+//! May depend on: `dlm` types, std, `thiserror`.
+
+use crate::dlm::{
+    Counters, DlmError, DomainInfo, Event, Failure, Holder, LVB_LEN, LockFlags, LockId,
+    LockRequest, LostReason, Lvb, LvbInfo, Mode, NodeId, Reply, Request, ResourceInfo, Stats,
+};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Magic at the start of the hello.
+pub const MAGIC: &[u8; 4] = b"o2tl";
+/// Largest payload accepted.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// A message from a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// First message: who we are.
+    Hello {
+        /// Protocol version spoken.
+        version: u16,
+    },
+    /// A request, answered by a reply with the same tag.
+    Request {
+        /// Chosen by the client; echoed in the reply.
+        tag: u64,
+        /// The request.
+        request: ClientRequest,
+    },
+}
+
+/// What a client can ask.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// A lock manager request.
+    Dlm(Request),
+    /// lockd's status.
+    Status,
+    /// The domains this node is in.
+    Domains,
+    /// Resources and their locks (of one domain, or all).
+    Locks {
+        /// Only this domain.
+        domain: Option<Vec<u8>>,
+    },
+}
+
+/// lockd's status, for `dlmctl status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// This node's number.
+    pub node: NodeId,
+    /// The cluster lockd runs, if any (None: single-node).
+    pub cluster: Option<String>,
+    /// lockd's process id.
+    pub pid: u32,
+    /// Milliseconds since lockd started.
+    pub uptime_ms: u64,
+    /// Whether lockd was started on demand by a tool.
+    pub autostarted: bool,
+    /// Sizes and counters of the core.
+    pub stats: Stats,
+}
+
+/// A message from lockd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// Answer to the hello.
+    Welcome {
+        /// Protocol version lockd speaks.
+        version: u16,
+        /// This node.
+        node: NodeId,
+        /// lockd's process id.
+        pid: u32,
+    },
+    /// Answer to one request.
+    Reply {
+        /// The request's tag.
+        tag: u64,
+        /// The answer.
+        reply: ServerReply,
+    },
+    /// Something happened to one of the client's locks.
+    Event(Event),
+    /// The connection is being closed because of a protocol error.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// The answer to a [`ClientRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerReply {
+    /// Answer to a lock manager request.
+    Dlm(Reply),
+    /// Answer to `Status`.
+    Status(StatusInfo),
+    /// Answer to `Domains`.
+    Domains(Vec<DomainInfo>),
+    /// Answer to `Locks`.
+    Locks(Vec<ResourceInfo>),
+}
+
+/// Why bytes could not be decoded. The connection must be closed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The payload ended early.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// A tag byte with no meaning.
+    #[error("unknown {what} {value}")]
+    Unknown {
+        /// What was being decoded.
+        what: &'static str,
+        /// The byte.
+        value: u8,
+    },
+    /// Bytes left after a complete message.
+    #[error("{0} trailing bytes in frame")]
+    Trailing(usize),
+    /// The hello does not start with the magic.
+    #[error("not an o2tools client (bad magic)")]
+    BadMagic,
+    /// A string that is not UTF-8.
+    #[error("invalid UTF-8 in {0}")]
+    Utf8(&'static str),
+}
+
+// ---------------------------------------------------------------- writing
+
+struct W(Vec<u8>);
+
+impl W {
+    fn new() -> Self {
+        // Room for the length prefix, filled in by `finish`.
+        W(vec![0; 4])
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bool(&mut self, v: bool) {
+        self.u8(v as u8);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        // Names are at most 64 bytes and messages at most 64 KiB.
+        self.u16(u16::try_from(b.len()).unwrap_or(u16::MAX));
+        self.0
+            .extend_from_slice(&b[..b.len().min(u16::MAX as usize)]);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn mode(&mut self, m: Mode) {
+        self.u8(m as u8);
+    }
+    fn opt_mode(&mut self, m: Option<Mode>) {
+        self.u8(m.map_or(0xff, |m| m as u8));
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(b) => {
+                self.u8(1);
+                self.bytes(b);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn lvb(&mut self, v: &Lvb) {
+        self.0.extend_from_slice(v);
+    }
+    fn holder(&mut self, h: &Holder) {
+        self.u64(h.lock.0);
+        self.u8(h.node.0);
+        self.u32(h.pid as u32);
+        self.u32(h.uid);
+        self.opt_mode(h.granted);
+        self.opt_mode(h.requested);
+        self.bool(h.persistent);
+    }
+    fn holders(&mut self, hs: &[Holder]) {
+        self.u32(hs.len() as u32);
+        for h in hs {
+            self.holder(h);
+        }
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let len = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        self.0
+    }
+}
+
+fn put_request(w: &mut W, r: &Request) {
+    match r {
+        Request::Join { domain, pin } => {
+            w.u8(1);
+            w.bytes(domain);
+            w.bool(*pin);
+        }
+        Request::Leave { domain, force } => {
+            w.u8(2);
+            w.bytes(domain);
+            w.bool(*force);
+        }
+        Request::Lock(l) => {
+            w.u8(3);
+            w.bytes(&l.domain);
+            w.bytes(&l.resource);
+            w.mode(l.mode);
+            w.bool(l.flags.noqueue);
+            w.bool(l.flags.persistent);
+            w.bool(l.flags.bast_on_busy);
+            w.opt_u64(l.timeout_ms);
+        }
+        Request::Convert {
+            lock,
+            mode,
+            noqueue,
+            bast_on_busy,
+            timeout_ms,
+        } => {
+            w.u8(4);
+            w.u64(lock.0);
+            w.mode(*mode);
+            w.bool(*noqueue);
+            w.bool(*bast_on_busy);
+            w.opt_u64(*timeout_ms);
+        }
+        Request::Unlock { lock } => {
+            w.u8(5);
+            w.u64(lock.0);
+        }
+        Request::Cancel { lock } => {
+            w.u8(6);
+            w.u64(lock.0);
+        }
+        Request::LvbGet { lock } => {
+            w.u8(7);
+            w.u64(lock.0);
+        }
+        Request::LvbSet { lock, value } => {
+            w.u8(8);
+            w.u64(lock.0);
+            w.lvb(value);
+        }
+    }
+}
+
+/// Encodes a client message as one frame.
+pub fn encode_client(m: &ClientMsg) -> Vec<u8> {
+    let mut w = W::new();
+    match m {
+        ClientMsg::Hello { version } => {
+            w.0.extend_from_slice(MAGIC);
+            w.u16(*version);
+        }
+        ClientMsg::Request { tag, request } => {
+            w.u8(1);
+            w.u64(*tag);
+            match request {
+                ClientRequest::Dlm(r) => {
+                    w.u8(1);
+                    put_request(&mut w, r);
+                }
+                ClientRequest::Status => w.u8(2),
+                ClientRequest::Domains => w.u8(3),
+                ClientRequest::Locks { domain } => {
+                    w.u8(4);
+                    w.opt_bytes(domain.as_deref());
+                }
+            }
+        }
+    }
+    w.finish()
+}
+
+fn put_error(w: &mut W, e: &DlmError) {
+    match e {
+        DlmError::BadName { what, len } => {
+            w.u8(1);
+            w.bool(*what == "domain");
+            w.u32(*len as u32);
+        }
+        DlmError::NoSuchLock(l) => {
+            w.u8(2);
+            w.u64(l.0);
+        }
+        DlmError::NoSuchDomain(d) => {
+            w.u8(3);
+            w.str(d);
+        }
+        DlmError::Permission(s) => {
+            w.u8(4);
+            w.str(s);
+        }
+        DlmError::Pending(l) => {
+            w.u8(5);
+            w.u64(l.0);
+        }
+        DlmError::NotGranted(l) => {
+            w.u8(6);
+            w.u64(l.0);
+        }
+        DlmError::NothingToCancel(l) => {
+            w.u8(7);
+            w.u64(l.0);
+        }
+        DlmError::ModeTooLow { lock, held, need } => {
+            w.u8(8);
+            w.u64(lock.0);
+            w.mode(*held);
+            w.mode(*need);
+        }
+        DlmError::UnknownClient => w.u8(9),
+    }
+}
+
+fn put_event(w: &mut W, e: &Event) {
+    match e {
+        Event::Granted { lock, mode } => {
+            w.u8(1);
+            w.u64(lock.0);
+            w.mode(*mode);
+        }
+        Event::Waiting { lock, blockers } => {
+            w.u8(2);
+            w.u64(lock.0);
+            w.holders(blockers);
+        }
+        Event::Failed { lock, failure } => {
+            w.u8(3);
+            w.u64(lock.0);
+            match failure {
+                Failure::Busy { blockers } => {
+                    w.u8(1);
+                    w.holders(blockers);
+                }
+                Failure::TimedOut { blockers } => {
+                    w.u8(2);
+                    w.holders(blockers);
+                }
+                Failure::Deadlock { blockers } => {
+                    w.u8(3);
+                    w.holders(blockers);
+                }
+                Failure::Cancelled => w.u8(4),
+            }
+        }
+        Event::Bast { lock, mode } => {
+            w.u8(4);
+            w.u64(lock.0);
+            w.mode(*mode);
+        }
+        Event::Lost { lock, reason } => {
+            w.u8(5);
+            w.u64(lock.0);
+            w.u8(match reason {
+                LostReason::DomainLeft => 1,
+                LostReason::BrokenByRoot => 2,
+            });
+        }
+    }
+}
+
+fn put_counters(w: &mut W, c: &Counters) {
+    for v in [
+        c.lock_requests,
+        c.convert_requests,
+        c.grants,
+        c.unlocks,
+        c.busy,
+        c.timeouts,
+        c.deadlocks,
+        c.basts,
+    ] {
+        w.u64(v);
+    }
+}
+
+/// Encodes a server message as one frame.
+pub fn encode_server(m: &ServerMsg) -> Vec<u8> {
+    let mut w = W::new();
+    match m {
+        ServerMsg::Welcome { version, node, pid } => {
+            w.u8(1);
+            w.u16(*version);
+            w.u8(node.0);
+            w.u32(*pid);
+        }
+        ServerMsg::Reply { tag, reply } => {
+            w.u8(2);
+            w.u64(*tag);
+            match reply {
+                ServerReply::Dlm(r) => match r {
+                    Reply::Ok => w.u8(1),
+                    Reply::LockAccepted { lock } => {
+                        w.u8(2);
+                        w.u64(lock.0);
+                    }
+                    Reply::Lvb { value, valid } => {
+                        w.u8(3);
+                        w.lvb(value);
+                        w.bool(*valid);
+                    }
+                    Reply::Err(e) => {
+                        w.u8(4);
+                        put_error(&mut w, e);
+                    }
+                },
+                ServerReply::Status(s) => {
+                    w.u8(5);
+                    w.u8(s.node.0);
+                    w.opt_bytes(s.cluster.as_deref().map(str::as_bytes));
+                    w.u32(s.pid);
+                    w.u64(s.uptime_ms);
+                    w.bool(s.autostarted);
+                    w.u64(s.stats.domains as u64);
+                    w.u64(s.stats.resources as u64);
+                    w.u64(s.stats.locks as u64);
+                    w.u64(s.stats.clients as u64);
+                    put_counters(&mut w, &s.stats.counters);
+                }
+                ServerReply::Domains(ds) => {
+                    w.u8(6);
+                    w.u32(ds.len() as u32);
+                    for d in ds {
+                        w.bytes(&d.name);
+                        w.bool(d.pinned);
+                        w.u32(d.users as u32);
+                        w.u64(d.resources as u64);
+                        w.u64(d.locks as u64);
+                    }
+                }
+                ServerReply::Locks(rs) => {
+                    w.u8(7);
+                    w.u32(rs.len() as u32);
+                    for r in rs {
+                        w.bytes(&r.domain);
+                        w.bytes(&r.name);
+                        w.u8(r.master.0);
+                        w.lvb(&r.lvb.value);
+                        w.u64(r.lvb.seq);
+                        w.bool(r.lvb.valid);
+                        w.holders(&r.granted);
+                        w.holders(&r.converting);
+                        w.holders(&r.waiting);
+                    }
+                }
+            }
+        }
+        ServerMsg::Event(e) => {
+            w.u8(3);
+            put_event(&mut w, e);
+        }
+        ServerMsg::Error { message } => {
+            w.u8(4);
+            w.str(message);
+        }
+    }
+    w.finish()
+}
+
+// ---------------------------------------------------------------- reading
+
+struct R<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(DecodeError::Truncated(self.what));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(DecodeError::Unknown {
+                what: "boolean",
+                value: v,
+            }),
+        }
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u16()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?).map_err(|_| DecodeError::Utf8(self.what))
+    }
+    fn mode(&mut self) -> Result<Mode, DecodeError> {
+        let v = self.u8()?;
+        Mode::from_u8(v).ok_or(DecodeError::Unknown {
+            what: "mode",
+            value: v,
+        })
+    }
+    fn opt_mode(&mut self) -> Result<Option<Mode>, DecodeError> {
+        match self.u8()? {
+            0xff => Ok(None),
+            v => Mode::from_u8(v).map(Some).ok_or(DecodeError::Unknown {
+                what: "mode",
+                value: v,
+            }),
+        }
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>, DecodeError> {
+        Ok(if self.bool()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        Ok(if self.bool()? {
+            Some(self.bytes()?)
+        } else {
+            None
+        })
+    }
+    fn lvb(&mut self) -> Result<Lvb, DecodeError> {
+        Ok(self.take(LVB_LEN)?.try_into().expect("64"))
+    }
+    fn lock(&mut self) -> Result<LockId, DecodeError> {
+        Ok(LockId(self.u64()?))
+    }
+    fn holder(&mut self) -> Result<Holder, DecodeError> {
+        Ok(Holder {
+            lock: self.lock()?,
+            node: NodeId(self.u8()?),
+            pid: self.u32()? as i32,
+            uid: self.u32()?,
+            granted: self.opt_mode()?,
+            requested: self.opt_mode()?,
+            persistent: self.bool()?,
+        })
+    }
+    /// A count of items, each at least `min` bytes: never more than what is left.
+    fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min) > self.b.len() {
+            return Err(DecodeError::Truncated(self.what));
+        }
+        Ok(n)
+    }
+    fn holders(&mut self) -> Result<Vec<Holder>, DecodeError> {
+        let n = self.count(19)?;
+        (0..n).map(|_| self.holder()).collect()
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing(self.b.len()))
+        }
+    }
+}
+
+/// Splits off one frame: `Ok(None)` if incomplete, else the payload and the
+/// number of bytes it used.
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().expect("4")) as usize;
+    if len > MAX_FRAME {
+        return Err(DecodeError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((&buf[4..4 + len], 4 + len)))
+}
+
+fn get_request(r: &mut R<'_>) -> Result<Request, DecodeError> {
+    Ok(match r.u8()? {
+        1 => Request::Join {
+            domain: r.bytes()?,
+            pin: r.bool()?,
+        },
+        2 => Request::Leave {
+            domain: r.bytes()?,
+            force: r.bool()?,
+        },
+        3 => Request::Lock(LockRequest {
+            domain: r.bytes()?,
+            resource: r.bytes()?,
+            mode: r.mode()?,
+            flags: LockFlags {
+                noqueue: r.bool()?,
+                persistent: r.bool()?,
+                bast_on_busy: r.bool()?,
+            },
+            timeout_ms: r.opt_u64()?,
+        }),
+        4 => Request::Convert {
+            lock: r.lock()?,
+            mode: r.mode()?,
+            noqueue: r.bool()?,
+            bast_on_busy: r.bool()?,
+            timeout_ms: r.opt_u64()?,
+        },
+        5 => Request::Unlock { lock: r.lock()? },
+        6 => Request::Cancel { lock: r.lock()? },
+        7 => Request::LvbGet { lock: r.lock()? },
+        8 => Request::LvbSet {
+            lock: r.lock()?,
+            value: r.lvb()?,
+        },
+        v => {
+            return Err(DecodeError::Unknown {
+                what: "request",
+                value: v,
+            });
+        }
+    })
+}
+
+/// Decodes one client frame from the front of `buf`.
+pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, DecodeError> {
+    let Some((payload, used)) = split_frame(buf)? else {
+        return Ok(None);
+    };
+    let mut r = R {
+        b: payload,
+        what: "client message",
+    };
+    let msg = if payload.starts_with(MAGIC) {
+        r.take(4)?;
+        ClientMsg::Hello { version: r.u16()? }
+    } else {
+        match r.u8()? {
+            1 => {
+                let tag = r.u64()?;
+                let request = match r.u8()? {
+                    1 => ClientRequest::Dlm(get_request(&mut r)?),
+                    2 => ClientRequest::Status,
+                    3 => ClientRequest::Domains,
+                    4 => ClientRequest::Locks {
+                        domain: r.opt_bytes()?,
+                    },
+                    v => {
+                        return Err(DecodeError::Unknown {
+                            what: "request kind",
+                            value: v,
+                        });
+                    }
+                };
+                ClientMsg::Request { tag, request }
+            }
+            v => {
+                return Err(DecodeError::Unknown {
+                    what: "client message",
+                    value: v,
+                });
+            }
+        }
+    };
+    r.end()?;
+    Ok(Some((msg, used)))
+}
+
+fn get_error(r: &mut R<'_>) -> Result<DlmError, DecodeError> {
+    Ok(match r.u8()? {
+        1 => DlmError::BadName {
+            what: if r.bool()? { "domain" } else { "resource" },
+            len: r.u32()? as usize,
+        },
+        2 => DlmError::NoSuchLock(r.lock()?),
+        3 => DlmError::NoSuchDomain(r.string()?),
+        4 => DlmError::Permission(r.string()?),
+        5 => DlmError::Pending(r.lock()?),
+        6 => DlmError::NotGranted(r.lock()?),
+        7 => DlmError::NothingToCancel(r.lock()?),
+        8 => DlmError::ModeTooLow {
+            lock: r.lock()?,
+            held: r.mode()?,
+            need: r.mode()?,
+        },
+        9 => DlmError::UnknownClient,
+        v => {
+            return Err(DecodeError::Unknown {
+                what: "error",
+                value: v,
+            });
+        }
+    })
+}
+
+fn get_event(r: &mut R<'_>) -> Result<Event, DecodeError> {
+    Ok(match r.u8()? {
+        1 => Event::Granted {
+            lock: r.lock()?,
+            mode: r.mode()?,
+        },
+        2 => Event::Waiting {
+            lock: r.lock()?,
+            blockers: r.holders()?,
+        },
+        3 => {
+            let lock = r.lock()?;
+            let failure = match r.u8()? {
+                1 => Failure::Busy {
+                    blockers: r.holders()?,
+                },
+                2 => Failure::TimedOut {
+                    blockers: r.holders()?,
+                },
+                3 => Failure::Deadlock {
+                    blockers: r.holders()?,
+                },
+                4 => Failure::Cancelled,
+                v => {
+                    return Err(DecodeError::Unknown {
+                        what: "failure",
+                        value: v,
+                    });
+                }
+            };
+            Event::Failed { lock, failure }
+        }
+        4 => Event::Bast {
+            lock: r.lock()?,
+            mode: r.mode()?,
+        },
+        5 => Event::Lost {
+            lock: r.lock()?,
+            reason: match r.u8()? {
+                1 => LostReason::DomainLeft,
+                2 => LostReason::BrokenByRoot,
+                v => {
+                    return Err(DecodeError::Unknown {
+                        what: "lost reason",
+                        value: v,
+                    });
+                }
+            },
+        },
+        v => {
+            return Err(DecodeError::Unknown {
+                what: "event",
+                value: v,
+            });
+        }
+    })
+}
+
+fn get_counters(r: &mut R<'_>) -> Result<Counters, DecodeError> {
+    Ok(Counters {
+        lock_requests: r.u64()?,
+        convert_requests: r.u64()?,
+        grants: r.u64()?,
+        unlocks: r.u64()?,
+        busy: r.u64()?,
+        timeouts: r.u64()?,
+        deadlocks: r.u64()?,
+        basts: r.u64()?,
+    })
+}
+
+/// Decodes one server frame from the front of `buf`.
+pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeError> {
+    let Some((payload, used)) = split_frame(buf)? else {
+        return Ok(None);
+    };
+    let mut r = R {
+        b: payload,
+        what: "server message",
+    };
+    let msg = match r.u8()? {
+        1 => ServerMsg::Welcome {
+            version: r.u16()?,
+            node: NodeId(r.u8()?),
+            pid: r.u32()?,
+        },
+        2 => {
+            let tag = r.u64()?;
+            let reply = match r.u8()? {
+                1 => ServerReply::Dlm(Reply::Ok),
+                2 => ServerReply::Dlm(Reply::LockAccepted { lock: r.lock()? }),
+                3 => ServerReply::Dlm(Reply::Lvb {
+                    value: r.lvb()?,
+                    valid: r.bool()?,
+                }),
+                4 => ServerReply::Dlm(Reply::Err(get_error(&mut r)?)),
+                5 => ServerReply::Status(StatusInfo {
+                    node: NodeId(r.u8()?),
+                    cluster: r
+                        .opt_bytes()?
+                        .map(|b| String::from_utf8(b).map_err(|_| DecodeError::Utf8("cluster")))
+                        .transpose()?,
+                    pid: r.u32()?,
+                    uptime_ms: r.u64()?,
+                    autostarted: r.bool()?,
+                    stats: Stats {
+                        domains: r.u64()? as usize,
+                        resources: r.u64()? as usize,
+                        locks: r.u64()? as usize,
+                        clients: r.u64()? as usize,
+                        counters: get_counters(&mut r)?,
+                    },
+                }),
+                6 => {
+                    let n = r.count(23)?;
+                    ServerReply::Domains(
+                        (0..n)
+                            .map(|_| {
+                                Ok(DomainInfo {
+                                    name: r.bytes()?,
+                                    pinned: r.bool()?,
+                                    users: r.u32()? as usize,
+                                    resources: r.u64()? as usize,
+                                    locks: r.u64()? as usize,
+                                })
+                            })
+                            .collect::<Result<_, DecodeError>>()?,
+                    )
+                }
+                7 => {
+                    let n = r.count(90)?;
+                    ServerReply::Locks(
+                        (0..n)
+                            .map(|_| {
+                                Ok(ResourceInfo {
+                                    domain: r.bytes()?,
+                                    name: r.bytes()?,
+                                    master: NodeId(r.u8()?),
+                                    lvb: LvbInfo {
+                                        value: r.lvb()?,
+                                        seq: r.u64()?,
+                                        valid: r.bool()?,
+                                    },
+                                    granted: r.holders()?,
+                                    converting: r.holders()?,
+                                    waiting: r.holders()?,
+                                })
+                            })
+                            .collect::<Result<_, DecodeError>>()?,
+                    )
+                }
+                v => {
+                    return Err(DecodeError::Unknown {
+                        what: "reply",
+                        value: v,
+                    });
+                }
+            };
+            ServerMsg::Reply { tag, reply }
+        }
+        3 => ServerMsg::Event(get_event(&mut r)?),
+        4 => ServerMsg::Error {
+            message: r.string()?,
+        },
+        v => {
+            return Err(DecodeError::Unknown {
+                what: "server message",
+                value: v,
+            });
+        }
+    };
+    r.end()?;
+    Ok(Some((msg, used)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(n: u64) -> Holder {
+        Holder {
+            lock: LockId(n),
+            node: NodeId(2),
+            pid: -1,
+            uid: 1000,
+            granted: Some(Mode::PR),
+            requested: None,
+            persistent: true,
+        }
+    }
+
+    fn client_msgs() -> Vec<ClientMsg> {
+        let reqs = vec![
+            Request::Join {
+                domain: b"d".to_vec(),
+                pin: true,
+            },
+            Request::Leave {
+                domain: b"d".to_vec(),
+                force: false,
+            },
+            Request::Lock(LockRequest {
+                domain: b"dom".to_vec(),
+                resource: vec![0, 1, 255],
+                mode: Mode::CW,
+                flags: LockFlags {
+                    noqueue: true,
+                    persistent: false,
+                    bast_on_busy: true,
+                },
+                timeout_ms: Some(1500),
+            }),
+            Request::Convert {
+                lock: LockId(7),
+                mode: Mode::NL,
+                noqueue: false,
+                bast_on_busy: false,
+                timeout_ms: None,
+            },
+            Request::Unlock {
+                lock: LockId(u64::MAX),
+            },
+            Request::Cancel { lock: LockId(3) },
+            Request::LvbGet { lock: LockId(3) },
+            Request::LvbSet {
+                lock: LockId(3),
+                value: [7; LVB_LEN],
+            },
+        ];
+        let mut v: Vec<ClientMsg> = reqs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| ClientMsg::Request {
+                tag: i as u64,
+                request: ClientRequest::Dlm(r),
+            })
+            .collect();
+        v.push(ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        });
+        v.push(ClientMsg::Request {
+            tag: 99,
+            request: ClientRequest::Status,
+        });
+        v.push(ClientMsg::Request {
+            tag: 99,
+            request: ClientRequest::Domains,
+        });
+        v.push(ClientMsg::Request {
+            tag: 99,
+            request: ClientRequest::Locks { domain: None },
+        });
+        v.push(ClientMsg::Request {
+            tag: 99,
+            request: ClientRequest::Locks {
+                domain: Some(b"x".to_vec()),
+            },
+        });
+        v
+    }
+
+    fn server_msgs() -> Vec<ServerMsg> {
+        let mut v = vec![
+            ServerMsg::Welcome {
+                version: 1,
+                node: NodeId(4),
+                pid: 1234,
+            },
+            ServerMsg::Error {
+                message: "bad frame".into(),
+            },
+        ];
+        let replies = vec![
+            ServerReply::Dlm(Reply::Ok),
+            ServerReply::Dlm(Reply::LockAccepted {
+                lock: LockId(1 << 56 | 5),
+            }),
+            ServerReply::Dlm(Reply::Lvb {
+                value: [9; LVB_LEN],
+                valid: false,
+            }),
+            ServerReply::Dlm(Reply::Err(DlmError::BadName {
+                what: "domain",
+                len: 65,
+            })),
+            ServerReply::Dlm(Reply::Err(DlmError::BadName {
+                what: "resource",
+                len: 0,
+            })),
+            ServerReply::Dlm(Reply::Err(DlmError::NoSuchLock(LockId(2)))),
+            ServerReply::Dlm(Reply::Err(DlmError::NoSuchDomain("d".into()))),
+            ServerReply::Dlm(Reply::Err(DlmError::Permission("no".into()))),
+            ServerReply::Dlm(Reply::Err(DlmError::Pending(LockId(2)))),
+            ServerReply::Dlm(Reply::Err(DlmError::NotGranted(LockId(2)))),
+            ServerReply::Dlm(Reply::Err(DlmError::NothingToCancel(LockId(2)))),
+            ServerReply::Dlm(Reply::Err(DlmError::ModeTooLow {
+                lock: LockId(2),
+                held: Mode::NL,
+                need: Mode::CR,
+            })),
+            ServerReply::Dlm(Reply::Err(DlmError::UnknownClient)),
+            ServerReply::Status(StatusInfo {
+                node: NodeId(0),
+                cluster: Some("c1".into()),
+                pid: 42,
+                uptime_ms: 99,
+                autostarted: true,
+                stats: Stats {
+                    domains: 1,
+                    resources: 2,
+                    locks: 3,
+                    clients: 4,
+                    counters: Counters {
+                        grants: 5,
+                        basts: 6,
+                        ..Default::default()
+                    },
+                },
+            }),
+            ServerReply::Domains(vec![DomainInfo {
+                name: b"d".to_vec(),
+                pinned: true,
+                users: 2,
+                resources: 3,
+                locks: 4,
+            }]),
+            ServerReply::Locks(vec![ResourceInfo {
+                domain: b"d".to_vec(),
+                name: b"r".to_vec(),
+                master: NodeId(1),
+                lvb: LvbInfo {
+                    value: [1; LVB_LEN],
+                    seq: 3,
+                    valid: true,
+                },
+                granted: vec![holder(1)],
+                converting: vec![],
+                waiting: vec![holder(2), holder(3)],
+            }]),
+        ];
+        v.extend(
+            replies
+                .into_iter()
+                .map(|reply| ServerMsg::Reply { tag: 77, reply }),
+        );
+        let events = vec![
+            Event::Granted {
+                lock: LockId(1),
+                mode: Mode::EX,
+            },
+            Event::Waiting {
+                lock: LockId(1),
+                blockers: vec![holder(2)],
+            },
+            Event::Failed {
+                lock: LockId(1),
+                failure: Failure::Busy {
+                    blockers: vec![holder(2)],
+                },
+            },
+            Event::Failed {
+                lock: LockId(1),
+                failure: Failure::TimedOut { blockers: vec![] },
+            },
+            Event::Failed {
+                lock: LockId(1),
+                failure: Failure::Deadlock {
+                    blockers: vec![holder(3)],
+                },
+            },
+            Event::Failed {
+                lock: LockId(1),
+                failure: Failure::Cancelled,
+            },
+            Event::Bast {
+                lock: LockId(1),
+                mode: Mode::PW,
+            },
+            Event::Lost {
+                lock: LockId(1),
+                reason: LostReason::DomainLeft,
+            },
+            Event::Lost {
+                lock: LockId(1),
+                reason: LostReason::BrokenByRoot,
+            },
+        ];
+        v.extend(events.into_iter().map(ServerMsg::Event));
+        v
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in client_msgs() {
+            let b = encode_client(&m);
+            assert_eq!(
+                decode_client(&b).unwrap(),
+                Some((m.clone(), b.len())),
+                "{m:?}"
+            );
+        }
+        for m in server_msgs() {
+            let b = encode_server(&m);
+            assert_eq!(
+                decode_server(&b).unwrap(),
+                Some((m.clone(), b.len())),
+                "{m:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn partial_frames_need_more_and_never_fail() {
+        for m in client_msgs() {
+            let b = encode_client(&m);
+            for n in 0..b.len() {
+                assert_eq!(decode_client(&b[..n]).unwrap(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn two_frames_back_to_back() {
+        let mut b = encode_client(&client_msgs()[0]);
+        let first = b.len();
+        b.extend(encode_client(&client_msgs()[1]));
+        let (_, used) = decode_client(&b).unwrap().unwrap();
+        assert_eq!(used, first);
+        assert!(decode_client(&b[used..]).unwrap().is_some());
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        let big = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        assert_eq!(
+            decode_client(&big),
+            Err(DecodeError::TooLarge(MAX_FRAME + 1))
+        );
+        let mut junk = vec![3, 0, 0, 0];
+        junk.extend([0xde, 0xad, 0xbe]);
+        assert!(decode_client(&junk).is_err());
+        // Trailing bytes inside a frame.
+        let mut b = encode_client(&ClientMsg::Request {
+            tag: 1,
+            request: ClientRequest::Status,
+        });
+        b.push(0);
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(decode_client(&b), Err(DecodeError::Trailing(1)));
+        // A huge element count cannot make us allocate.
+        let mut w = W::new();
+        w.u8(3);
+        w.u8(2);
+        w.u64(1);
+        w.u32(u32::MAX);
+        assert!(decode_server(&w.finish()).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode_client(&b);
+            let _ = decode_server(&b);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(i in 0usize..40, pos in 0usize..300, byte in proptest::prelude::any::<u8>()) {
+            let msgs = server_msgs();
+            let mut b = encode_server(&msgs[i % msgs.len()]);
+            let p = 4 + pos % (b.len() - 4);
+            b[p] = byte;
+            let _ = decode_server(&b);
+            let cm = client_msgs();
+            let mut b = encode_client(&cm[i % cm.len()]);
+            let p = 4 + pos % (b.len() - 4);
+            b[p] = byte;
+            let _ = decode_client(&b);
+        }
+    }
+}

@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod dlm;
 pub mod heartbeat;
 pub mod proto;

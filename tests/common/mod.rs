@@ -21,6 +21,8 @@ pub fn shared() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     let p = match name {
         "o2cb" => env!("CARGO_BIN_EXE_o2cb"),
+        "lockd" => env!("CARGO_BIN_EXE_lockd"),
+        "dlmctl" => env!("CARGO_BIN_EXE_dlmctl"),
         other => panic!("unknown binary {other}"),
     };
     PathBuf::from(p)
@@ -120,4 +122,109 @@ impl Drop for LoopVolume {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
+}
+
+/// A lockd started for one test, on its own socket, killed by pid when dropped.
+/// Its output goes to a log file, never to the test's pipes.
+pub struct Lockd {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lockd {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lockd.sock");
+        let child = Self::spawn(&socket, dir.path(), extra);
+        let l = Lockd { child, socket, dir };
+        l.wait_ready();
+        l
+    }
+
+    pub fn spawn(socket: &Path, dir: &Path, extra: &[&str]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("lockd.log"))
+            .unwrap();
+        Command::new(bin("lockd"))
+            .arg("--socket")
+            .arg(socket)
+            .args(extra)
+            .env_remove("LOCKD_SETTINGS")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("lockd did not come up; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("lockd.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// dlmctl against this lockd (no autostart, no cluster.conf).
+    pub fn dlmctl(&self) -> Command {
+        let mut c = Command::new(bin("dlmctl"));
+        c.env("LOCKD_SOCKET", &self.socket)
+            .env("LOCKD_NO_AUTOSTART", "1")
+            .env("O2CB_CONFIG_FILE", "/nonexistent/cluster.conf")
+            .env_remove("DLM_DOMAIN")
+            .env_remove("DLM_RESOURCE")
+            .env_remove("DLM_LOCK_ID")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// Runs dlmctl with `args`; returns (status, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = output(self.dlmctl().args(args));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Lockd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it is true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
 }

@@ -11,7 +11,11 @@ use clap::CommandFactory as _;
 
 /// Every tool's clap command with its man section.
 pub fn tools() -> Vec<(clap::Command, &'static str)> {
-    vec![(super::o2cb::O2cbArgs::command(), "8")]
+    vec![
+        (super::o2cb::O2cbArgs::command(), "8"),
+        (super::lockd::LockdArgs::command(), "8"),
+        (super::dlmctl::DlmctlArgs::command(), "1"),
+    ]
 }
 
 /// `(file name, contents)` of every generated man page: one per tool and one

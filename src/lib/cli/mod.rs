@@ -7,7 +7,9 @@
 //!
 //! May depend on: every other module of the crate, `clap`, `anyhow`, `serde_json`.
 
+pub mod dlmctl;
 pub mod generate;
+pub mod lockd;
 pub mod o2cb;
 
 use std::io::{self, Write};
@@ -30,5 +32,6 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .try_init();
 }

@@ -27,9 +27,7 @@ use crate::config::{
 };
 use crate::heartbeat::ocfs2;
 
-/// The environment variable naming the configuration file (ours; the real
-/// tool has none).
-pub const CONFIG_ENV: &str = "O2CB_CONFIG_FILE";
+pub use crate::config::CONFIG_ENV;
 
 const USAGE: &str =
     "o2cb [--config-file=path] [-h|--help] [-v|--verbose] [-V|--version] COMMAND [ARGS]";
@@ -450,14 +448,7 @@ pub fn run(args: Vec<OsString>) -> u8 {
     let say = Say {
         level: 1 + parsed.verbose,
     };
-    let path = parsed
-        .config_file
-        .or_else(|| {
-            std::env::var_os(CONFIG_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    let path = config::config_path(parsed.config_file.as_deref());
     say.app(format!("Using config file '{}'", path.display()));
 
     let edits = matches!(

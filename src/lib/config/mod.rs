@@ -27,6 +27,22 @@ pub use settings::{Settings, SettingsError};
 /// The default location of the cluster configuration.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ocfs2/cluster.conf";
 
+/// The environment variable naming the configuration file (ours; the real
+/// tools have none).
+pub const CONFIG_ENV: &str = "O2CB_CONFIG_FILE";
+
+/// The configuration file: `cli` (`--config-file`), else `$O2CB_CONFIG_FILE`,
+/// else [`DEFAULT_CONFIG_FILE`].
+pub fn config_path(cli: Option<&std::path::Path>) -> std::path::PathBuf {
+    cli.map(std::path::Path::to_owned)
+        .or_else(|| {
+            std::env::var_os(CONFIG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_CONFIG_FILE))
+}
+
 /// Highest number of nodes in a cluster (O2NM_MAX_NODES); node numbers are
 /// `0..MAX_NODES` when chosen by `o2cb add-node`.
 pub const MAX_NODES: u32 = 255;

@@ -949,7 +949,7 @@ fn unpinned_use_ends_with_the_last_user() {
     );
     let (a, _) = h.lock(1, "r", Mode::EX);
     h.unlock(1, a);
-    assert_eq!(h.dlm.domains()[0].pinned, false);
+    assert!(!h.dlm.domains()[0].pinned);
     h.req(
         1,
         Request::Leave {

@@ -1,0 +1,675 @@
+//! The Rust client library: talk to lockd over its Unix socket.
+//!
+//! ```no_run
+//! use o2tools::client::{Client, ConnectOptions, LockOptions};
+//! use o2tools::dlm::Mode;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Finds the socket as every tool does; starts a single-node lockd if none answers.
+//! let mut c = Client::connect_with(&ConnectOptions::from_env(None))?;
+//! let lock = c.lock(b"mydomain", b"res1", Mode::EX, &LockOptions::default())?;
+//! c.lvb_set(lock, b"hello")?;
+//! c.unlock(lock)?;
+//! # Ok(()) }
+//! ```
+//!
+//! The protocol is asynchronous (a lock request is accepted at once, its grant
+//! arrives later); the blocking calls here wait for the answer and keep any
+//! other event (a blocking notification for another lock, say) for
+//! [`Client::next_event`].
+//!
+//! May depend on: `proto`, `dlm` types, `config` (to know whether a cluster
+//! is configured), std, nix.
+
+pub mod paths;
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use paths::SocketPath;
+
+use crate::dlm::{
+    DlmError, DomainInfo, Event, Failure, Holder, LVB_LEN, LockFlags, LockId, LockRequest,
+    LostReason, Lvb, Mode, NodeId, Reply, Request, ResourceInfo,
+};
+use crate::proto::{
+    self, ClientMsg, ClientRequest, PROTOCOL_VERSION, ServerMsg, ServerReply, StatusInfo,
+};
+
+/// The environment variable that turns autostart off when set to `1`.
+pub const NO_AUTOSTART_ENV: &str = "LOCKD_NO_AUTOSTART";
+/// How long a tool waits for an autostarted lockd to answer.
+pub const AUTOSTART_WAIT: Duration = Duration::from_secs(5);
+
+/// Why talking to lockd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No lockd answers on the socket (and none was started).
+    #[error("lockd is not running (no answer on {}: {reason})", path.display())]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// What connecting said.
+        reason: String,
+    },
+    /// No lockd answers, and a cluster is configured, so none is started on demand.
+    #[error(
+        "lockd is not running (no answer on {}), and {} names cluster '{cluster}': start lockd for the cluster; a private single-node lockd would hand out locks the cluster does not see",
+        path.display(),
+        config.display()
+    )]
+    ClusterConfigured {
+        /// The socket.
+        path: PathBuf,
+        /// The cluster.conf that names a cluster.
+        config: PathBuf,
+        /// The first cluster it names.
+        cluster: String,
+    },
+    /// Starting lockd on demand failed.
+    #[error("cannot start lockd: {0}")]
+    Autostart(String),
+    /// lockd went away.
+    #[error("lockd closed the connection")]
+    Closed,
+    /// A system error on the socket.
+    #[error("talking to lockd: {0}")]
+    Io(#[from] io::Error),
+    /// lockd said something this client cannot understand, or refused the hello.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// lockd refused the request (nothing changed).
+    #[error("{0}")]
+    Refused(DlmError),
+}
+
+impl ClientError {
+    /// Whether lockd could not be reached at all (tools exit 69).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::ClusterConfigured { .. }
+                | ClientError::Autostart(_)
+        )
+    }
+}
+
+/// Why a lock or conversion was not granted.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Trylock: it was busy.
+    #[error("busy")]
+    Busy(Vec<Holder>),
+    /// The timeout expired.
+    #[error("timed out")]
+    TimedOut(Vec<Holder>),
+    /// A conversion would deadlock with these.
+    #[error("conversion deadlock")]
+    Deadlock(Vec<Holder>),
+    /// Cancelled (or the domain was left) while waiting.
+    #[error("cancelled")]
+    Cancelled,
+    /// Anything else.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// How to reach lockd.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The socket.
+    pub socket: SocketPath,
+    /// Start a single-node lockd when none answers.
+    pub autostart: bool,
+    /// The lockd binary to start (default: `lockd` beside the running executable).
+    pub lockd: Option<PathBuf>,
+    /// How long to wait for a started lockd.
+    pub wait: Duration,
+}
+
+impl ConnectOptions {
+    /// The socket as every tool finds it (`--socket` given as `socket`), with
+    /// autostart unless `$LOCKD_NO_AUTOSTART` is `1`.
+    pub fn from_env(socket: Option<&Path>) -> Self {
+        ConnectOptions {
+            socket: SocketPath::resolve(socket),
+            autostart: std::env::var(NO_AUTOSTART_ENV).as_deref() != Ok("1"),
+            lockd: None,
+            wait: AUTOSTART_WAIT,
+        }
+    }
+}
+
+/// Options of a lock request.
+#[derive(Clone, Debug, Default)]
+pub struct LockOptions {
+    /// Trylock.
+    pub noqueue: bool,
+    /// Held for the node until unlocked, not tied to this connection.
+    pub persistent: bool,
+    /// With `noqueue`: tell the holders that block it.
+    pub bast_on_busy: bool,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// A connection to lockd.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    next_tag: u64,
+    events: VecDeque<Event>,
+    node: NodeId,
+    lockd_pid: u32,
+}
+
+/// The cluster that `cluster.conf` (as `o2cb` would find it) names, if any.
+pub fn configured_cluster() -> Option<(PathBuf, String)> {
+    let path = crate::config::config_path(None);
+    let conf = crate::config::load(&path).ok()?;
+    let name = conf.clusters.first()?.name.clone();
+    Some((path, name))
+}
+
+fn lockd_beside_us() -> Result<PathBuf, ClientError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ClientError::Autostart(format!("cannot find our own executable: {e}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    // Test binaries live one level below the tools (target/debug/deps).
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join("lockd");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(ClientError::Autostart(format!(
+        "no lockd binary beside {}",
+        exe.display()
+    )))
+}
+
+/// Starts a single-node lockd on `socket`, in its own session, with its output
+/// in the log file beside the socket.
+fn start_lockd(opts: &ConnectOptions) -> Result<(), ClientError> {
+    let lockd = match &opts.lockd {
+        Some(p) => p.clone(),
+        None => lockd_beside_us()?,
+    };
+    opts.socket
+        .ensure_dir()
+        .map_err(|e| ClientError::Autostart(e.to_string()))?;
+    let log_path = opts.socket.log_file();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| ClientError::Autostart(format!("{}: {e}", log_path.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| ClientError::Autostart(e.to_string()))?;
+    let mut cmd = Command::new(&lockd);
+    cmd.arg("--socket")
+        .arg(&opts.socket.path)
+        .arg("--autostarted")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ClientError::Autostart(format!("{}: {e}", lockd.display())))?;
+    // Reap it in the background if it exits at once (it lost a race to
+    // another lockd); otherwise it outlives us, reparented to init.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+impl Client {
+    /// Connects to the lockd at `path` (no autostart).
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::handshake(stream)
+    }
+
+    /// Connects as the tools do: to the socket of `opts`, starting a
+    /// single-node lockd when none answers (unless autostart is off or a
+    /// cluster is configured).
+    pub fn connect_with(opts: &ConnectOptions) -> Result<Client, ClientError> {
+        let path = &opts.socket.path;
+        let first = match Self::connect(path) {
+            Ok(c) => return Ok(c),
+            Err(e) => e,
+        };
+        if !opts.autostart {
+            return Err(first);
+        }
+        if let Some((config, cluster)) = configured_cluster() {
+            return Err(ClientError::ClusterConfigured {
+                path: path.clone(),
+                config,
+                cluster,
+            });
+        }
+        start_lockd(opts)?;
+        let deadline = Instant::now() + opts.wait;
+        let mut last = first;
+        while Instant::now() < deadline {
+            match Self::connect(path) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(ClientError::Autostart(format!(
+            "it did not answer within {} s ({last}); see {}",
+            opts.wait.as_secs(),
+            opts.socket.log_file().display()
+        )))
+    }
+
+    fn handshake(stream: UnixStream) -> Result<Client, ClientError> {
+        let mut c = Client {
+            stream,
+            rbuf: Vec::with_capacity(4096),
+            next_tag: 1,
+            events: VecDeque::new(),
+            node: NodeId(0),
+            lockd_pid: 0,
+        };
+        c.send(&ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+        })?;
+        match c.recv()? {
+            ServerMsg::Welcome { version, node, pid } if version == PROTOCOL_VERSION => {
+                c.node = node;
+                c.lockd_pid = pid;
+                Ok(c)
+            }
+            ServerMsg::Welcome { version, .. } => Err(ClientError::Protocol(format!(
+                "lockd speaks protocol {version}, we speak {PROTOCOL_VERSION}"
+            ))),
+            ServerMsg::Error { message } => Err(ClientError::Protocol(message)),
+            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The node lockd runs as.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// lockd's process id.
+    pub fn lockd_pid(&self) -> u32 {
+        self.lockd_pid
+    }
+
+    fn send(&mut self, m: &ClientMsg) -> Result<(), ClientError> {
+        self.stream.write_all(&proto::encode_client(m))?;
+        Ok(())
+    }
+
+    /// Reads until one whole message is buffered and returns it.
+    fn recv(&mut self) -> Result<ServerMsg, ClientError> {
+        loop {
+            if let Some(m) = self.try_decode()? {
+                return Ok(m);
+            }
+            self.fill()?;
+        }
+    }
+
+    fn try_decode(&mut self) -> Result<Option<ServerMsg>, ClientError> {
+        match proto::decode_server(&self.rbuf) {
+            Ok(Some((m, used))) => {
+                self.rbuf.drain(..used);
+                Ok(Some(m))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), ClientError> {
+        let mut buf = [0u8; 8192];
+        let n = loop {
+            match self.stream.read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            return Err(ClientError::Closed);
+        }
+        self.rbuf.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    /// Sends a request and waits for its reply; events that arrive meanwhile
+    /// are kept for [`Client::next_event`].
+    pub fn call(&mut self, request: ClientRequest) -> Result<ServerReply, ClientError> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.send(&ClientMsg::Request { tag, request })?;
+        loop {
+            match self.recv()? {
+                ServerMsg::Reply { tag: t, reply } if t == tag => return Ok(reply),
+                ServerMsg::Reply { tag: t, .. } => {
+                    return Err(ClientError::Protocol(format!(
+                        "reply to unknown request {t}"
+                    )));
+                }
+                ServerMsg::Event(e) => self.events.push_back(e),
+                ServerMsg::Error { message } => return Err(ClientError::Protocol(message)),
+                ServerMsg::Welcome { .. } => {
+                    return Err(ClientError::Protocol("unexpected welcome".into()));
+                }
+            }
+        }
+    }
+
+    fn dlm(&mut self, r: Request) -> Result<Reply, ClientError> {
+        match self.call(ClientRequest::Dlm(r))? {
+            ServerReply::Dlm(Reply::Err(e)) => Err(ClientError::Refused(e)),
+            ServerReply::Dlm(r) => Ok(r),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn expect_ok(&mut self, r: Request) -> Result<(), ClientError> {
+        match self.dlm(r)? {
+            Reply::Ok => Ok(()),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Joins a domain. `pin`: the node stays in it after this connection goes.
+    pub fn join(&mut self, domain: &[u8], pin: bool) -> Result<(), ClientError> {
+        self.expect_ok(Request::Join {
+            domain: domain.to_vec(),
+            pin,
+        })
+    }
+
+    /// Leaves a domain: `force` makes the node leave (releasing every lock
+    /// and value block in it); otherwise only this connection stops using it.
+    pub fn leave(&mut self, domain: &[u8], force: bool) -> Result<(), ClientError> {
+        self.expect_ok(Request::Leave {
+            domain: domain.to_vec(),
+            force,
+        })
+    }
+
+    /// Requests a lock and returns its id as soon as lockd accepts it; the
+    /// grant or failure comes as an event.
+    pub fn lock_async(
+        &mut self,
+        domain: &[u8],
+        resource: &[u8],
+        mode: Mode,
+        opts: &LockOptions,
+    ) -> Result<LockId, ClientError> {
+        let r = self.dlm(Request::Lock(LockRequest {
+            domain: domain.to_vec(),
+            resource: resource.to_vec(),
+            mode,
+            flags: LockFlags {
+                noqueue: opts.noqueue,
+                persistent: opts.persistent,
+                bast_on_busy: opts.bast_on_busy,
+            },
+            timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
+        }))?;
+        match r {
+            Reply::LockAccepted { lock } => Ok(lock),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Takes a lock, waiting until it is granted (or fails).
+    pub fn lock(
+        &mut self,
+        domain: &[u8],
+        resource: &[u8],
+        mode: Mode,
+        opts: &LockOptions,
+    ) -> Result<LockId, LockError> {
+        self.lock_with_progress(domain, resource, mode, opts, |_| {})
+    }
+
+    /// As [`Client::lock`], calling `waiting` with the blockers when the
+    /// request has to queue.
+    pub fn lock_with_progress(
+        &mut self,
+        domain: &[u8],
+        resource: &[u8],
+        mode: Mode,
+        opts: &LockOptions,
+        waiting: impl FnMut(&[Holder]),
+    ) -> Result<LockId, LockError> {
+        let id = self.lock_async(domain, resource, mode, opts)?;
+        self.wait_for(id, waiting)?;
+        Ok(id)
+    }
+
+    /// Changes a granted lock's mode, waiting for the outcome.
+    pub fn convert(
+        &mut self,
+        lock: LockId,
+        mode: Mode,
+        opts: &LockOptions,
+    ) -> Result<(), LockError> {
+        self.convert_with_progress(lock, mode, opts, |_| {})
+    }
+
+    /// As [`Client::convert`], calling `waiting` when it has to queue.
+    pub fn convert_with_progress(
+        &mut self,
+        lock: LockId,
+        mode: Mode,
+        opts: &LockOptions,
+        waiting: impl FnMut(&[Holder]),
+    ) -> Result<(), LockError> {
+        self.expect_ok(Request::Convert {
+            lock,
+            mode,
+            noqueue: opts.noqueue,
+            bast_on_busy: opts.bast_on_busy,
+            timeout_ms: opts.timeout.map(|t| t.as_millis() as u64),
+        })?;
+        self.wait_for(lock, waiting)?;
+        Ok(())
+    }
+
+    /// Waits for the grant or failure of `lock`'s pending request.
+    fn wait_for(
+        &mut self,
+        lock: LockId,
+        mut waiting: impl FnMut(&[Holder]),
+    ) -> Result<Mode, LockError> {
+        loop {
+            let pos = self.events.iter().position(|e| match e {
+                Event::Granted { lock: l, .. }
+                | Event::Failed { lock: l, .. }
+                | Event::Waiting { lock: l, .. } => *l == lock,
+                _ => false,
+            });
+            let Some(pos) = pos else {
+                match self.recv()? {
+                    ServerMsg::Event(e) => self.events.push_back(e),
+                    ServerMsg::Error { message } => {
+                        return Err(ClientError::Protocol(message).into());
+                    }
+                    other => {
+                        return Err(ClientError::Protocol(format!("unexpected {other:?}")).into());
+                    }
+                }
+                continue;
+            };
+            match self.events.remove(pos).expect("found") {
+                Event::Granted { mode, .. } => return Ok(mode),
+                Event::Waiting { blockers, .. } => waiting(&blockers),
+                Event::Failed { failure, .. } => {
+                    return Err(match failure {
+                        Failure::Busy { blockers } => LockError::Busy(blockers),
+                        Failure::TimedOut { blockers } => LockError::TimedOut(blockers),
+                        Failure::Deadlock { blockers } => LockError::Deadlock(blockers),
+                        Failure::Cancelled => LockError::Cancelled,
+                    });
+                }
+                _ => unreachable!("filtered above"),
+            }
+        }
+    }
+
+    /// Releases a lock.
+    pub fn unlock(&mut self, lock: LockId) -> Result<(), ClientError> {
+        self.expect_ok(Request::Unlock { lock })
+    }
+
+    /// Cancels the pending request of a lock.
+    pub fn cancel(&mut self, lock: LockId) -> Result<(), ClientError> {
+        self.expect_ok(Request::Cancel { lock })
+    }
+
+    /// Reads the value block through a lock held in CR or above: the bytes and
+    /// whether they are valid.
+    pub fn lvb_get(&mut self, lock: LockId) -> Result<(Lvb, bool), ClientError> {
+        match self.dlm(Request::LvbGet { lock })? {
+            Reply::Lvb { value, valid } => Ok((value, valid)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Writes the value block (zero-padded to 64 bytes) through a lock held
+    /// in PW or EX. More than 64 bytes is refused before anything is sent.
+    pub fn lvb_set(&mut self, lock: LockId, value: &[u8]) -> Result<(), ClientError> {
+        if value.len() > LVB_LEN {
+            return Err(ClientError::Protocol(format!(
+                "a value block holds {LVB_LEN} bytes, not {}",
+                value.len()
+            )));
+        }
+        let mut v = [0u8; LVB_LEN];
+        v[..value.len()].copy_from_slice(value);
+        self.expect_ok(Request::LvbSet { lock, value: v })
+    }
+
+    /// lockd's status.
+    pub fn status(&mut self) -> Result<StatusInfo, ClientError> {
+        match self.call(ClientRequest::Status)? {
+            ServerReply::Status(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The domains this node is in.
+    pub fn domains(&mut self) -> Result<Vec<DomainInfo>, ClientError> {
+        match self.call(ClientRequest::Domains)? {
+            ServerReply::Domains(d) => Ok(d),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Resources and their locks, of one domain or all.
+    pub fn locks(&mut self, domain: Option<&[u8]>) -> Result<Vec<ResourceInfo>, ClientError> {
+        match self.call(ClientRequest::Locks {
+            domain: domain.map(<[u8]>::to_vec),
+        })? {
+            ServerReply::Locks(l) => Ok(l),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The next event (a blocking notification, a lost lock, ...): one kept
+    /// from earlier, or one read now, waiting at most `timeout` (None: forever).
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        self.stream
+            .set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))?;
+        let r = loop {
+            match self.try_decode()? {
+                Some(ServerMsg::Event(e)) => break Ok(Some(e)),
+                Some(other) => break Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                None => {}
+            }
+            match self.fill() {
+                Ok(()) => {}
+                Err(ClientError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break Ok(None);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream.set_read_timeout(None)?;
+        r
+    }
+
+    /// Reads whatever lockd has sent without waiting and returns the events
+    /// in it. `Err(Closed)` when lockd has gone. For use after `poll(2)` says
+    /// the socket is readable.
+    pub fn read_ready_events(&mut self) -> Result<Vec<Event>, ClientError> {
+        self.stream.set_nonblocking(true)?;
+        let r = self.fill();
+        self.stream.set_nonblocking(false)?;
+        match r {
+            Ok(()) => {}
+            Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let mut out: Vec<Event> = self.events.drain(..).collect();
+        while let Some(m) = self.try_decode()? {
+            match m {
+                ServerMsg::Event(e) => out.push(e),
+                other => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether an event says `lock` was lost.
+    pub fn is_lost(event: &Event, lock: LockId) -> Option<LostReason> {
+        match event {
+            Event::Lost { lock: l, reason } if *l == lock => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl AsRawFd for Client {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}

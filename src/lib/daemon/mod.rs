@@ -1,0 +1,521 @@
+//! lockd's event loop: the I/O shell around the lock manager core.
+//!
+//! One thread owns the [`Dlm`] and runs an epoll loop over the listening Unix
+//! socket, the client connections and a signalfd; the timer is the epoll
+//! timeout, computed from the core's next deadline. Each readable connection
+//! is read until it would block, every complete frame is decoded and fed to
+//! the core, and what the core asks for is encoded into per-connection write
+//! buffers that are flushed before the loop sleeps again — one `write` per
+//! connection per turn, no lock, no thread hop.
+//!
+//! A malformed or oversized frame gets an error message and that connection
+//! is closed; nothing a client sends can stop the loop. SIGTERM and SIGINT
+//! stop it cleanly and remove the socket file.
+//!
+//! May depend on: everything in the crate below `cli`; nix for epoll,
+//! signalfd, flock and peer credentials. The only place that reads the clock.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tracing::{debug, info, warn};
+
+use crate::client::SocketPath;
+use crate::config::Settings;
+use crate::dlm::{Action, ClientId, Cred, Dlm, Input, Millis, NodeId};
+use crate::proto::{
+    self, ClientMsg, ClientRequest, PROTOCOL_VERSION, ServerMsg, ServerReply, StatusInfo,
+};
+
+/// What lockd runs as.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// Where to listen.
+    pub socket: SocketPath,
+    /// This node's number.
+    pub node: NodeId,
+    /// Started on demand by a tool.
+    pub autostarted: bool,
+    /// Timing settings.
+    pub settings: Settings,
+}
+
+/// Why lockd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another lockd serves this socket.
+    #[error("another lockd is already running on {}{}", path.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// The socket.
+        path: PathBuf,
+        /// Its pid, if it answered.
+        pid: Option<u32>,
+    },
+    /// A system call failed while setting up.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Buffered output larger than this means the client is not reading: it is
+/// disconnected rather than allowed to grow lockd's memory.
+const MAX_PENDING_OUTPUT: usize = 8 << 20;
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+
+struct Conn {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    cred: Cred,
+    hello: bool,
+    /// Registered for EPOLLOUT.
+    writing: bool,
+    /// Close once the write buffer is flushed (after a protocol error).
+    closing: bool,
+}
+
+/// A bound, ready lockd.
+pub struct Daemon {
+    opts: DaemonOptions,
+    listener: UnixListener,
+    _lock: Flock<File>,
+}
+
+impl Daemon {
+    /// Takes the socket: refuses if another lockd holds it, replaces a stale
+    /// socket file, binds, and makes the socket usable by every local user
+    /// (access is decided per request by uid).
+    pub fn bind(opts: DaemonOptions) -> Result<Daemon, StartError> {
+        let sock = &opts.socket;
+        let io_err =
+            |what: &'static str, path: PathBuf| move |source| StartError::Io { what, path, source };
+        sock.ensure_dir()
+            .map_err(io_err("cannot create the directory of", sock.dir()))?;
+        let lock_path = sock.lock_file();
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("cannot open", lock_path.clone()))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            StartError::AlreadyRunning {
+                path: sock.path.clone(),
+                pid: crate::client::Client::connect(&sock.path)
+                    .ok()
+                    .map(|c| c.lockd_pid()),
+            }
+        })?;
+        if sock.path.exists() {
+            if let Ok(c) = crate::client::Client::connect(&sock.path) {
+                return Err(StartError::AlreadyRunning {
+                    path: sock.path.clone(),
+                    pid: Some(c.lockd_pid()),
+                });
+            }
+            info!(socket = %sock.path.display(), "replacing a stale socket file");
+            std::fs::remove_file(&sock.path)
+                .map_err(io_err("cannot remove the stale socket", sock.path.clone()))?;
+        }
+        let listener = UnixListener::bind(&sock.path)
+            .map_err(io_err("cannot listen on", sock.path.clone()))?;
+        std::fs::set_permissions(&sock.path, std::fs::Permissions::from_mode(0o666))
+            .map_err(io_err("cannot set the mode of", sock.path.clone()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_err("cannot configure", sock.path.clone()))?;
+        Ok(Daemon {
+            opts,
+            listener,
+            _lock: lock,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT, then removes the socket file.
+    pub fn run(self) -> io::Result<()> {
+        let mut signals = SigSet::empty();
+        signals.add(Signal::SIGTERM);
+        signals.add(Signal::SIGINT);
+        signals.thread_block().map_err(io::Error::from)?;
+        // A client that goes away mid-write must give EPIPE, not kill us.
+        // SAFETY: setting SIGPIPE to SIG_IGN has no handler to be unsafe about.
+        unsafe {
+            nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)
+                .map_err(io::Error::from)?;
+        }
+        let sfd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io::Error::from)?;
+        epoll
+            .add(
+                &self.listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+            )
+            .map_err(io::Error::from)?;
+        epoll
+            .add(&sfd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNALS))
+            .map_err(io::Error::from)?;
+        info!(
+            socket = %self.opts.socket.path.display(),
+            node = self.opts.node.0,
+            autostarted = self.opts.autostarted,
+            "lockd serving (single node)"
+        );
+        let mut lp = Loop {
+            dlm: Dlm::new(self.opts.node),
+            epoll,
+            conns: BTreeMap::new(),
+            next_client: 2,
+            start: Instant::now(),
+            opts: &self.opts,
+        };
+        let result = lp.serve(&self.listener, &sfd);
+        let _ = std::fs::remove_file(&self.opts.socket.path);
+        info!("lockd stopped");
+        result
+    }
+}
+
+struct Loop<'a> {
+    dlm: Dlm,
+    epoll: Epoll,
+    conns: BTreeMap<u64, Conn>,
+    next_client: u64,
+    start: Instant,
+    opts: &'a DaemonOptions,
+}
+
+impl Loop<'_> {
+    fn now(&self) -> Millis {
+        Millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn serve(&mut self, listener: &UnixListener, sfd: &SignalFd) -> io::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            let timeout = match self.dlm.next_deadline() {
+                None => EpollTimeout::NONE,
+                Some(t) => {
+                    let ms = t.0.saturating_sub(self.now().0).min(60_000);
+                    EpollTimeout::try_from(ms as i32).unwrap_or(EpollTimeout::NONE)
+                }
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept(listener),
+                    SIGNALS => {
+                        if let Ok(Some(si)) = sfd.read_signal() {
+                            info!(signal = si.ssi_signo, "stopping");
+                            return Ok(());
+                        }
+                    }
+                    token => self.conn_event(token, ev.events()),
+                }
+            }
+            if self.dlm.next_deadline().is_some_and(|t| t <= self.now()) {
+                self.dlm.handle(self.now(), Input::Tick);
+                self.route();
+            }
+            self.flush_all();
+        }
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let cred = match getsockopt(&stream, PeerCredentials) {
+                Ok(c) => Cred {
+                    uid: c.uid(),
+                    gid: c.gid(),
+                    pid: c.pid(),
+                },
+                Err(e) => {
+                    warn!(error = %e, "no peer credentials; closing");
+                    continue;
+                }
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = self.next_client;
+            self.next_client += 1;
+            if let Err(e) = self
+                .epoll
+                .add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
+                warn!(error = %e, "cannot watch a client");
+                continue;
+            }
+            debug!(client = token, uid = cred.uid, pid = cred.pid, "connected");
+            self.conns.insert(
+                token,
+                Conn {
+                    stream,
+                    rbuf: Vec::new(),
+                    wbuf: Vec::new(),
+                    cred,
+                    hello: false,
+                    writing: false,
+                    closing: false,
+                },
+            );
+        }
+    }
+
+    fn conn_event(&mut self, token: u64, flags: EpollFlags) {
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(token);
+        }
+        if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            let eof = self.read(token);
+            self.process(token);
+            if eof {
+                self.close(token);
+            }
+        }
+    }
+
+    /// Reads everything available; true at end of stream or on error.
+    fn read(&mut self, token: u64) -> bool {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        let mut buf = [0u8; 16384];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => c.rbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Decodes and handles every complete frame of a connection.
+    fn process(&mut self, token: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&token) else {
+                return;
+            };
+            if c.closing {
+                return;
+            }
+            let msg = match proto::decode_client(&c.rbuf) {
+                Ok(Some((m, used))) => {
+                    c.rbuf.drain(..used);
+                    m
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(client = token, error = %e, "bad frame; closing");
+                    self.fail(token, format!("bad frame: {e}"));
+                    return;
+                }
+            };
+            self.handle(token, msg);
+        }
+    }
+
+    /// Sends a protocol error and closes once it is written.
+    fn fail(&mut self, token: u64, message: String) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.wbuf
+                .extend_from_slice(&proto::encode_server(&ServerMsg::Error { message }));
+            c.closing = true;
+            c.rbuf.clear();
+        }
+    }
+
+    fn send(&mut self, token: u64, msg: &ServerMsg) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.wbuf.extend_from_slice(&proto::encode_server(msg));
+        }
+    }
+
+    fn handle(&mut self, token: u64, msg: ClientMsg) {
+        let c = &self.conns[&token];
+        let client = ClientId(token);
+        match msg {
+            ClientMsg::Hello { version } if !c.hello => {
+                if version != PROTOCOL_VERSION {
+                    self.fail(
+                        token,
+                        format!("protocol version {version} is not supported; this lockd speaks {PROTOCOL_VERSION}"),
+                    );
+                    return;
+                }
+                let cred = c.cred;
+                self.conns.get_mut(&token).expect("exists").hello = true;
+                self.dlm
+                    .handle(self.now(), Input::Connected { client, cred });
+                self.send(
+                    token,
+                    &ServerMsg::Welcome {
+                        version: PROTOCOL_VERSION,
+                        node: self.opts.node,
+                        pid: std::process::id(),
+                    },
+                );
+            }
+            ClientMsg::Hello { .. } => self.fail(token, "second hello".into()),
+            ClientMsg::Request { .. } if !c.hello => {
+                self.fail(token, "hello expected first".into())
+            }
+            ClientMsg::Request { tag, request } => match request {
+                ClientRequest::Dlm(request) => {
+                    self.dlm.handle(
+                        self.now(),
+                        Input::Request {
+                            client,
+                            tag,
+                            request,
+                        },
+                    );
+                    self.route();
+                }
+                ClientRequest::Status => {
+                    let reply = ServerReply::Status(StatusInfo {
+                        node: self.opts.node,
+                        cluster: None,
+                        pid: std::process::id(),
+                        uptime_ms: self.start.elapsed().as_millis() as u64,
+                        autostarted: self.opts.autostarted,
+                        stats: self.dlm.stats(),
+                    });
+                    self.send(token, &ServerMsg::Reply { tag, reply });
+                }
+                ClientRequest::Domains => {
+                    let reply = ServerReply::Domains(self.dlm.domains());
+                    self.send(token, &ServerMsg::Reply { tag, reply });
+                }
+                ClientRequest::Locks { domain } => {
+                    let reply = ServerReply::Locks(self.dlm.resources(domain.as_deref()));
+                    self.send(token, &ServerMsg::Reply { tag, reply });
+                }
+            },
+        }
+    }
+
+    /// Moves the core's actions into the connections' write buffers.
+    fn route(&mut self) {
+        while let Some(a) = self.dlm.poll_action() {
+            let (client, msg) = match a {
+                Action::Reply { client, tag, reply } => (
+                    client,
+                    ServerMsg::Reply {
+                        tag,
+                        reply: ServerReply::Dlm(reply),
+                    },
+                ),
+                Action::Event { client, event } => (client, ServerMsg::Event(event)),
+            };
+            self.send(client.0, &msg);
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let dirty: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.wbuf.is_empty() || c.closing)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in dirty {
+            self.flush(t);
+        }
+    }
+
+    fn flush(&mut self, token: u64) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut written = 0;
+        let mut broken = false;
+        while written < c.wbuf.len() {
+            match c.stream.write(&c.wbuf[written..]) {
+                Ok(0) => {
+                    broken = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        c.wbuf.drain(..written);
+        if broken || (c.closing && c.wbuf.is_empty()) {
+            self.close(token);
+            return;
+        }
+        if c.wbuf.len() > MAX_PENDING_OUTPUT {
+            warn!(client = token, "client does not read its replies; closing");
+            self.close(token);
+            return;
+        }
+        let want = !c.wbuf.is_empty();
+        if want != c.writing {
+            c.writing = want;
+            let flags = if want {
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
+            } else {
+                EpollFlags::EPOLLIN
+            };
+            let mut ev = EpollEvent::new(flags, token);
+            let _ = self.epoll.modify(c.stream.as_fd(), &mut ev);
+        }
+    }
+
+    fn close(&mut self, token: u64) {
+        let Some(c) = self.conns.remove(&token) else {
+            return;
+        };
+        let _ = self.epoll.delete(c.stream.as_fd());
+        debug!(client = token, "disconnected");
+        if c.hello {
+            self.dlm.handle(
+                self.now(),
+                Input::Disconnected {
+                    client: ClientId(token),
+                },
+            );
+            self.route();
+        }
+    }
+}

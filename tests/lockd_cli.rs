@@ -73,7 +73,6 @@ fn held_count(l: &Lockd, resource: &str) -> usize {
         .sum()
 }
 
-
 #[test]
 fn autostart_on_a_fresh_socket_and_the_main_command() {
     let _s = serial();

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
 use std::os::fd::{AsRawFd as _, RawFd};
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -250,8 +250,12 @@ type Res = Result<u8, Fail>;
 
 /// Entry point of the `dlmctl` binary.
 pub fn main() -> ExitCode {
-    crate::cli::init_logging();
     let args = DlmctlArgs::parse();
+    // dlmctl itself logs nothing; only set up logging when asked to, since
+    // it is started once per lock and every microsecond of start-up counts.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::cli::init_logging();
+    }
     ExitCode::from(match run(args) {
         Ok(code) => code,
         Err(Fail(code, msg)) => {
@@ -510,22 +514,20 @@ fn run_command(mut c: Client, id: LockId, mode: Mode, l: &LockArgs) -> Res {
         .env("DLM_RESOURCE", &l.resource)
         .env("DLM_MODE", mode.as_str())
         .env("DLM_LOCK_ID", id.to_string());
-    if !l.close {
-        // Like flock(1): the command inherits the connection, so the lock
-        // lasts while the command lives, even if dlmctl is killed.
-        let fd = c.as_raw_fd();
-        // SAFETY: fcntl on an fd we own, in the child before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = match cmd.spawn() {
+    // Like flock(1): the command inherits the connection, so the lock lasts
+    // while the command lives, even if dlmctl is killed. A duplicate without
+    // close-on-exec is passed down (and closed here after the spawn), which
+    // keeps the spawn on the fast posix_spawn path.
+    let inherited = if l.close {
+        None
+    } else {
+        let fd = nix::unistd::dup(c.as_raw_fd()).map_err(|e| Fail(exit::ERROR, e.to_string()))?;
+        // SAFETY: dup just returned this fd; we own it until the spawn is done.
+        Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    let spawned = cmd.spawn();
+    drop(inherited);
+    let mut child = match spawned {
         Ok(ch) => ch,
         Err(e) => {
             let prog = l.command[0].to_string_lossy();

@@ -169,6 +169,10 @@ pub struct Client {
     events: VecDeque<Event>,
     node: NodeId,
     lockd_pid: u32,
+    /// Read buffer (zeroed once, not per read).
+    scratch: Box<[u8]>,
+    /// Reused encoding buffer.
+    wbuf: Vec<u8>,
 }
 
 /// The cluster that `cluster.conf` (as `o2cb` would find it) names, if any.
@@ -294,6 +298,8 @@ impl Client {
             events: VecDeque::new(),
             node: NodeId(0),
             lockd_pid: 0,
+            scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
+            wbuf: Vec::with_capacity(256),
         };
         c.send(&ClientMsg::Hello {
             version: PROTOCOL_VERSION,
@@ -323,7 +329,12 @@ impl Client {
     }
 
     fn send(&mut self, m: &ClientMsg) -> Result<(), ClientError> {
-        self.stream.write_all(&proto::encode_client(m))?;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        let buf = proto::encode_client_into(m, buf);
+        let r = self.stream.write_all(&buf);
+        self.wbuf = buf;
+        r?;
         Ok(())
     }
 
@@ -349,9 +360,9 @@ impl Client {
     }
 
     fn fill(&mut self) -> Result<(), ClientError> {
-        let mut buf = [0u8; 8192];
+        let buf = &mut self.scratch[..];
         let n = loop {
-            match self.stream.read(&mut buf) {
+            match self.stream.read(buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
@@ -360,7 +371,7 @@ impl Client {
         if n == 0 {
             return Err(ClientError::Closed);
         }
-        self.rbuf.extend_from_slice(&buf[..n]);
+        self.rbuf.extend_from_slice(&self.scratch[..n]);
         Ok(())
     }
 

@@ -183,6 +183,7 @@ impl Daemon {
         );
         let mut lp = Loop {
             dlm: Dlm::new(self.opts.node),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             epoll,
             conns: BTreeMap::new(),
             next_client: 2,
@@ -198,6 +199,8 @@ impl Daemon {
 
 struct Loop<'a> {
     dlm: Dlm,
+    /// Read buffer shared by all connections (zeroed once, not per read).
+    scratch: Box<[u8]>,
     epoll: Epoll,
     conns: BTreeMap<u64, Conn>,
     next_client: u64,
@@ -307,16 +310,24 @@ impl Loop<'_> {
         }
     }
 
-    /// Reads everything available; true at end of stream or on error.
+    /// Reads what is available; true at end of stream or on error. A short
+    /// read means the socket is drained for now (the poll is level-triggered,
+    /// so anything arriving later is reported again), which saves the read
+    /// that would only say EAGAIN.
     fn read(&mut self, token: u64) -> bool {
         let Some(c) = self.conns.get_mut(&token) else {
             return false;
         };
-        let mut buf = [0u8; 16384];
+        let buf = &mut self.scratch[..];
         loop {
-            match c.stream.read(&mut buf) {
+            match c.stream.read(buf) {
                 Ok(0) => return true,
-                Ok(n) => c.rbuf.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        return false;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return true,
@@ -361,7 +372,7 @@ impl Loop<'_> {
 
     fn send(&mut self, token: u64, msg: &ServerMsg) {
         if let Some(c) = self.conns.get_mut(&token) {
-            c.wbuf.extend_from_slice(&proto::encode_server(msg));
+            c.wbuf = proto::encode_server_into(msg, std::mem::take(&mut c.wbuf));
         }
     }
 

@@ -883,28 +883,37 @@ impl Dlm {
         let id = self.new_lock_id();
         let node = self.node;
         let uses = self.clients[&client].domains.contains(&req.domain[..]);
-        let domain = self.domains.entry(req.domain.clone().into()).or_default();
+        let (d, r): (Box<[u8]>, Box<[u8]>) = (req.domain.into(), req.resource.into());
+        if !self.domains.contains_key(&d) {
+            self.domains.insert(d.clone(), Domain::default());
+        }
+        let domain = self.domains.get_mut(&d).expect("just ensured");
         // A lock joins its domain for good unless this client uses it explicitly.
         if !uses {
             domain.pinned = true;
         }
+        if !domain.resources.contains_key(&r) {
+            domain.resources.insert(
+                r.clone(),
+                Resource {
+                    master: node,
+                    lvb: LvbState::PRISTINE,
+                    queues: None,
+                },
+            );
+        }
         domain
             .resources
-            .entry(req.resource.clone().into())
-            .or_insert_with(|| Resource {
-                master: node,
-                lvb: LvbState::PRISTINE,
-                queues: None,
-            })
+            .get_mut(&r)
+            .expect("just ensured")
             .queues
             .get_or_insert_with(Default::default);
         let persistent = req.flags.persistent;
-        let (d, r): (Box<[u8]>, Box<[u8]>) = (req.domain.into(), req.resource.into());
         self.locks.insert(
             id,
             Lock {
-                domain: d.clone(),
-                resource: r.clone(),
+                domain: d,
+                resource: r,
                 node,
                 owner: (!persistent).then_some(client),
                 requester: Some(client),
@@ -924,12 +933,16 @@ impl Dlm {
         self.counters.lock_requests += 1;
         self.reply(client, tag, Reply::LockAccepted { lock: id });
 
-        let q = self.queues(&d, &r);
-        let grantable = q.converting.is_empty()
-            && q.waiting.is_empty()
-            && compatible_with_holders(&self.locks, q, id, req.mode);
+        let grantable = self.with_names(id, |s, d, r| {
+            let q = s.queues(d, r);
+            q.converting.is_empty()
+                && q.waiting.is_empty()
+                && compatible_with_holders(&s.locks, q, id, req.mode)
+        });
+        if grantable || !req.flags.noqueue {
+            self.with_names(id, |s, d, r| s.queues_mut(d, r).waiting.push(id));
+        }
         if grantable {
-            self.queues_mut(&d, &r).waiting.push(id);
             self.grant(id);
         } else if req.flags.noqueue {
             let blockers = self.blockers(id, req.mode);
@@ -937,7 +950,7 @@ impl Dlm {
                 self.bast_conflicting(id, req.mode);
             }
             self.counters.busy += 1;
-            self.forget(id);
+            let l = self.forget(id);
             self.event(
                 Some(client),
                 Event::Failed {
@@ -945,9 +958,8 @@ impl Dlm {
                     failure: Failure::Busy { blockers },
                 },
             );
-            self.maybe_free(&d, &r);
+            self.maybe_free(&l.domain, &l.resource);
         } else {
-            self.queues_mut(&d, &r).waiting.push(id);
             self.queue_wait(now, id, req.timeout_ms);
         }
         Ok(())
@@ -1141,18 +1153,19 @@ impl Dlm {
             self.deadlines.remove(&(t, id));
         }
         let to = l.requester.take();
-        let (d, r) = (l.domain.clone(), l.resource.clone());
         if l.owner.is_none() {
             if let Some(c) = to.and_then(|c| self.clients.get_mut(&c)) {
                 c.pending.remove(&id);
             }
         }
-        let q = self.queues_mut(&d, &r);
-        q.waiting.retain(|&x| x != id);
-        q.converting.retain(|&x| x != id);
-        if !q.granted.contains(&id) {
-            q.granted.push(id);
-        }
+        self.with_names(id, |s, d, r| {
+            let q = s.queues_mut(d, r);
+            q.waiting.retain(|&x| x != id);
+            q.converting.retain(|&x| x != id);
+            if !q.granted.contains(&id) {
+                q.granted.push(id);
+            }
+        });
         self.counters.grants += 1;
         self.event(to, Event::Granted { lock: id, mode });
     }
@@ -1239,16 +1252,29 @@ impl Dlm {
 
     /// Removes a lock and lets the queues move.
     fn release(&mut self, id: LockId) {
-        let l = &self.locks[&id];
-        let (d, r) = (l.domain.clone(), l.resource.clone());
         self.counters.unlocks += 1;
-        self.forget(id);
-        self.grant_pending(&d, &r);
-        self.maybe_free(&d, &r);
+        let l = self.forget(id);
+        self.grant_pending(&l.domain, &l.resource);
+        self.maybe_free(&l.domain, &l.resource);
     }
 
-    /// Drops every trace of a lock (queues, deadlines, client bookkeeping).
-    fn forget(&mut self, id: LockId) {
+    /// Runs `f` with the lock's domain and resource names borrowed out of it
+    /// (no copies on the hot path); they are put back if the lock survives.
+    fn with_names<T>(&mut self, id: LockId, f: impl FnOnce(&mut Self, &[u8], &[u8]) -> T) -> T {
+        let l = self.locks.get_mut(&id).expect("exists");
+        let d = std::mem::take(&mut l.domain);
+        let r = std::mem::take(&mut l.resource);
+        let out = f(self, &d, &r);
+        if let Some(l) = self.locks.get_mut(&id) {
+            l.domain = d;
+            l.resource = r;
+        }
+        out
+    }
+
+    /// Drops every trace of a lock (queues, deadlines, client bookkeeping)
+    /// and returns it.
+    fn forget(&mut self, id: LockId) -> Lock {
         let l = self.locks.remove(&id).expect("exists");
         if let Some(t) = l.deadline {
             self.deadlines.remove(&(t, id));
@@ -1267,6 +1293,7 @@ impl Dlm {
         {
             q.remove(id);
         }
+        l
     }
 
     /// Frees a resource with no locks and a value block never written.

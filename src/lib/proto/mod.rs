@@ -147,12 +147,18 @@ pub enum DecodeError {
 
 // ---------------------------------------------------------------- writing
 
-struct W(Vec<u8>);
+struct W(Vec<u8>, usize);
 
 impl W {
     fn new() -> Self {
+        Self::append_to(Vec::with_capacity(64))
+    }
+    /// Encodes a frame at the end of `buf`.
+    fn append_to(mut buf: Vec<u8>) -> Self {
+        let start = buf.len();
         // Room for the length prefix, filled in by `finish`.
-        W(vec![0; 4])
+        buf.extend_from_slice(&[0; 4]);
+        W(buf, start)
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -221,8 +227,9 @@ impl W {
         }
     }
     fn finish(mut self) -> Vec<u8> {
-        let len = (self.0.len() - 4) as u32;
-        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        let start = self.1;
+        let len = (self.0.len() - start - 4) as u32;
+        self.0[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.0
     }
 }
@@ -285,7 +292,12 @@ fn put_request(w: &mut W, r: &Request) {
 
 /// Encodes a client message as one frame.
 pub fn encode_client(m: &ClientMsg) -> Vec<u8> {
-    let mut w = W::new();
+    encode_client_into(m, Vec::with_capacity(64))
+}
+
+/// Appends a client message as one frame to `buf` and returns it.
+pub fn encode_client_into(m: &ClientMsg, buf: Vec<u8>) -> Vec<u8> {
+    let mut w = W::append_to(buf);
     match m {
         ClientMsg::Hello { version } => {
             w.0.extend_from_slice(MAGIC);
@@ -416,7 +428,12 @@ fn put_counters(w: &mut W, c: &Counters) {
 
 /// Encodes a server message as one frame.
 pub fn encode_server(m: &ServerMsg) -> Vec<u8> {
-    let mut w = W::new();
+    encode_server_into(m, Vec::with_capacity(64))
+}
+
+/// Appends a server message as one frame to `buf` and returns it.
+pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
+    let mut w = W::append_to(buf);
     match m {
         ServerMsg::Welcome { version, node, pid } => {
             w.u8(1);
@@ -1160,6 +1177,24 @@ mod tests {
                 assert_eq!(decode_client(&b[..n]).unwrap(), None);
             }
         }
+    }
+
+    #[test]
+    fn appending_frames_to_a_buffer() {
+        let mut buf = encode_server(&server_msgs()[0]);
+        let first = buf.len();
+        buf = encode_server_into(&server_msgs()[2], buf);
+        let (m, used) = decode_server(&buf).unwrap().unwrap();
+        assert_eq!((m, used), (server_msgs()[0].clone(), first));
+        assert_eq!(
+            decode_server(&buf[first..]).unwrap().unwrap().0,
+            server_msgs()[2]
+        );
+        let buf = encode_client_into(&client_msgs()[1], vec![9, 9]);
+        assert_eq!(
+            decode_client(&buf[2..]).unwrap().unwrap().0,
+            client_msgs()[1]
+        );
     }
 
     #[test]

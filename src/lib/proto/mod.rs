@@ -150,9 +150,6 @@ pub enum DecodeError {
 struct W(Vec<u8>, usize);
 
 impl W {
-    fn new() -> Self {
-        Self::append_to(Vec::with_capacity(64))
-    }
     /// Encodes a frame at the end of `buf`.
     fn append_to(mut buf: Vec<u8>) -> Self {
         let start = buf.len();
@@ -1227,7 +1224,7 @@ mod tests {
         b[..4].copy_from_slice(&len.to_le_bytes());
         assert_eq!(decode_client(&b), Err(DecodeError::Trailing(1)));
         // A huge element count cannot make us allocate.
-        let mut w = W::new();
+        let mut w = W::append_to(Vec::new());
         w.u8(3);
         w.u8(2);
         w.u64(1);

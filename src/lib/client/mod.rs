@@ -167,8 +167,9 @@ pub struct Client {
     rbuf: Vec<u8>,
     next_tag: u64,
     events: VecDeque<Event>,
-    node: NodeId,
-    lockd_pid: u32,
+    /// lockd's node and pid, once its welcome has been read. The hello is
+    /// not waited for: the first request goes out right behind it.
+    welcome: Option<(NodeId, u32)>,
     /// Read buffer (zeroed once, not per read).
     scratch: Box<[u8]>,
     /// Reused encoding buffer.
@@ -296,36 +297,53 @@ impl Client {
             rbuf: Vec::with_capacity(4096),
             next_tag: 1,
             events: VecDeque::new(),
-            node: NodeId(0),
-            lockd_pid: 0,
+            welcome: None,
             scratch: vec![0u8; 16 * 1024].into_boxed_slice(),
             wbuf: Vec::with_capacity(256),
         };
         c.send(&ClientMsg::Hello {
             version: PROTOCOL_VERSION,
         })?;
-        match c.recv()? {
-            ServerMsg::Welcome { version, node, pid } if version == PROTOCOL_VERSION => {
-                c.node = node;
-                c.lockd_pid = pid;
-                Ok(c)
+        Ok(c)
+    }
+
+    /// Waits for lockd's welcome if it has not been read yet.
+    fn welcomed(&mut self) -> Result<(NodeId, u32), ClientError> {
+        loop {
+            // Decoding consumes the welcome, if it is buffered.
+            let m = self.try_decode()?;
+            if let Some(w) = self.welcome {
+                match m {
+                    None => {}
+                    Some(ServerMsg::Event(e)) => self.events.push_back(e),
+                    // Only called before any request is in flight.
+                    Some(other) => {
+                        return Err(ClientError::Protocol(format!("unexpected {other:?}")));
+                    }
+                }
+                return Ok(w);
             }
-            ServerMsg::Welcome { version, .. } => Err(ClientError::Protocol(format!(
-                "lockd speaks protocol {version}, we speak {PROTOCOL_VERSION}"
-            ))),
-            ServerMsg::Error { message } => Err(ClientError::Protocol(message)),
-            other => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            if m.is_none() {
+                self.fill()?;
+            }
         }
     }
 
+    /// Gives up reading after `timeout` (None: wait forever), for callers
+    /// that must not hang on a wedged peer.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        Ok(())
+    }
+
     /// The node lockd runs as.
-    pub fn node(&self) -> NodeId {
-        self.node
+    pub fn node(&mut self) -> Result<NodeId, ClientError> {
+        Ok(self.welcomed()?.0)
     }
 
     /// lockd's process id.
-    pub fn lockd_pid(&self) -> u32 {
-        self.lockd_pid
+    pub fn lockd_pid(&mut self) -> Result<u32, ClientError> {
+        Ok(self.welcomed()?.1)
     }
 
     fn send(&mut self, m: &ClientMsg) -> Result<(), ClientError> {
@@ -348,14 +366,34 @@ impl Client {
         }
     }
 
+    /// Decodes one buffered message; lockd's welcome is consumed here.
     fn try_decode(&mut self) -> Result<Option<ServerMsg>, ClientError> {
-        match proto::decode_server(&self.rbuf) {
-            Ok(Some((m, used))) => {
-                self.rbuf.drain(..used);
-                Ok(Some(m))
+        loop {
+            let m = match proto::decode_server(&self.rbuf) {
+                Ok(Some((m, used))) => {
+                    self.rbuf.drain(..used);
+                    m
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            };
+            match (m, self.welcome) {
+                (ServerMsg::Welcome { version, node, pid }, None) => {
+                    if version != PROTOCOL_VERSION {
+                        return Err(ClientError::Protocol(format!(
+                            "lockd speaks protocol {version}, we speak {PROTOCOL_VERSION}"
+                        )));
+                    }
+                    self.welcome = Some((node, pid));
+                }
+                (ServerMsg::Error { message }, None) => return Err(ClientError::Protocol(message)),
+                (m, None) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a welcome, got {m:?}"
+                    )));
+                }
+                (m, Some(_)) => return Ok(Some(m)),
             }
-            Ok(None) => Ok(None),
-            Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
     }
 

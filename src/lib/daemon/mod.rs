@@ -74,6 +74,14 @@ pub enum StartError {
     },
 }
 
+/// The pid of the lockd answering on `path`, if one answers within 2 s.
+fn running_pid(path: &std::path::Path) -> Option<u32> {
+    let mut c = crate::client::Client::connect(path).ok()?;
+    c.set_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    c.lockd_pid().ok()
+}
+
 /// Buffered output larger than this means the client is not reading: it is
 /// disconnected rather than allowed to grow lockd's memory.
 const MAX_PENDING_OUTPUT: usize = 8 << 20;
@@ -121,16 +129,14 @@ impl Daemon {
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
             StartError::AlreadyRunning {
                 path: sock.path.clone(),
-                pid: crate::client::Client::connect(&sock.path)
-                    .ok()
-                    .map(|c| c.lockd_pid()),
+                pid: running_pid(&sock.path),
             }
         })?;
         if sock.path.exists() {
-            if let Ok(c) = crate::client::Client::connect(&sock.path) {
+            if let Some(pid) = running_pid(&sock.path) {
                 return Err(StartError::AlreadyRunning {
                     path: sock.path.clone(),
-                    pid: Some(c.lockd_pid()),
+                    pid: Some(pid),
                 });
             }
             info!(socket = %sock.path.display(), "replacing a stale socket file");

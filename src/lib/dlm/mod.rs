@@ -445,7 +445,9 @@ struct Domain {
     pinned: bool,
     /// Connections that joined it without pinning (dlmfs mounts).
     users: BTreeSet<ClientId>,
-    resources: HashMap<Box<[u8]>, Resource>,
+    /// Boxed values keep the table small: a hash table is up to half empty
+    /// just after it grows, and an idle resource is mostly its value block.
+    resources: HashMap<Box<[u8]>, Box<Resource>>,
 }
 
 #[derive(Debug)]
@@ -895,11 +897,11 @@ impl Dlm {
         if !domain.resources.contains_key(&r) {
             domain.resources.insert(
                 r.clone(),
-                Resource {
+                Box::new(Resource {
                     master: node,
                     lvb: LvbState::PRISTINE,
                     queues: None,
-                },
+                }),
             );
         }
         domain

@@ -1,7 +1,11 @@
 //! o2tools: a userspace re-creation of the OCFS2 cluster stack.
 //!
 //! - [`config`]: `cluster.conf` (byte-compatible with ocfs2-tools) and lockd's settings.
-//! - [`heartbeat`]: on-disk heartbeat regions.
+//! - [`heartbeat`]: on-disk heartbeat regions: OCFS2 superblocks, the o2hb block, liveness rules.
+//! - [`dlm`]: the lock manager core, a pure state machine.
+//! - [`proto`]: the client wire protocol.
+//! - [`daemon`]: lockd's event loop around the core.
+//! - [`client`]: the Rust API for talking to lockd.
 //! - [`cli`]: the command-line front ends of the tools.
 
 #![warn(missing_docs)]

@@ -3,7 +3,7 @@
 //! Owns everything about heartbeat regions on disk. So far: recognising an
 //! OCFS2 volume and reading its superblock ([`ocfs2`]), which `o2cb` needs to
 //! turn a block device into the volume UUID that names its heartbeat region.
-//! [`format`] encodes and decodes the o2hb slot block and its checksum.
+//! [`format`](mod@format) encodes and decodes the o2hb slot block and its checksum.
 //! [`liveness`] applies the o2hb rules for nodes coming up and going down.
 //!
 //! May depend on: std, `thiserror`. Pure decoding is kept apart from file access.

@@ -9,6 +9,7 @@
 
 pub mod dlmctl;
 pub mod generate;
+pub mod hb_ctl;
 pub mod lockd;
 pub mod o2cb;
 

@@ -39,7 +39,8 @@ use crate::dlm::{
     LostReason, Lvb, Mode, NodeId, Reply, Request, ResourceInfo,
 };
 use crate::proto::{
-    self, ClientMsg, ClientRequest, PROTOCOL_VERSION, ServerMsg, ServerReply, StatusInfo,
+    self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, PROTOCOL_VERSION, ServerMsg,
+    ServerReply, StatusInfo,
 };
 
 /// The environment variable that turns autostart off when set to `1`.
@@ -87,6 +88,9 @@ pub enum ClientError {
     /// lockd refused the request (nothing changed).
     #[error("{0}")]
     Refused(DlmError),
+    /// A daemon-level request (heartbeat) failed; lockd says why.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl ClientError {
@@ -645,6 +649,54 @@ impl Client {
             domain: domain.map(<[u8]>::to_vec),
         })? {
             ServerReply::Locks(l) => Ok(l),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn hb(&mut self, request: ClientRequest) -> Result<([u8; 16], u32), ClientError> {
+        match self.call(request)? {
+            ServerReply::HbRefs { uuid, refs } => Ok((uuid, refs)),
+            ServerReply::Failed { message } => Err(ClientError::Failed(message)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Starts heartbeating on a region, or takes one more reference on it
+    /// for `service`. Returns when the region is steady (a few heartbeat
+    /// intervals), with its UUID and its references.
+    pub fn hb_start(
+        &mut self,
+        target: HbTarget,
+        service: &str,
+    ) -> Result<([u8; 16], u32), ClientError> {
+        self.hb(ClientRequest::HbStart {
+            target,
+            service: service.to_owned(),
+        })
+    }
+
+    /// Drops `service`'s reference on a region; the last one stops it (a clean
+    /// stop: peers see this node die at once).
+    pub fn hb_stop(
+        &mut self,
+        target: HbTarget,
+        service: &str,
+    ) -> Result<([u8; 16], u32), ClientError> {
+        self.hb(ClientRequest::HbStop {
+            target,
+            service: service.to_owned(),
+        })
+    }
+
+    /// The references on the region with this UUID (0 when lockd does not run it).
+    pub fn hb_refs(&mut self, uuid: [u8; 16]) -> Result<u32, ClientError> {
+        Ok(self.hb(ClientRequest::HbRefs { uuid })?.1)
+    }
+
+    /// The regions lockd heartbeats on.
+    pub fn hb_status(&mut self) -> Result<Vec<HbRegionInfo>, ClientError> {
+        match self.call(ClientRequest::HbStatus)? {
+            ServerReply::HbRegions(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }
     }

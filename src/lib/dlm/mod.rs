@@ -388,6 +388,17 @@ pub enum Input {
     },
     /// Time passed (the deadline from [`Dlm::next_deadline`] may be due).
     Tick,
+    /// Disk heartbeat says a node is alive.
+    NodeUp {
+        /// The node.
+        node: NodeId,
+    },
+    /// Disk heartbeat says a node is dead. (Recovery of its locks comes with
+    /// the multi-node lock manager; for now the core records membership.)
+    NodeDown {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// The state of a resource's value block.
@@ -587,6 +598,8 @@ pub struct Dlm {
     deadlines: BTreeSet<(Millis, LockId)>,
     actions: VecDeque<Action>,
     counters: Counters,
+    /// Other nodes that disk heartbeat says are alive.
+    live: BTreeSet<NodeId>,
 }
 
 fn check_name(what: &'static str, name: &[u8]) -> Result<(), DlmError> {
@@ -625,7 +638,13 @@ impl Dlm {
             deadlines: BTreeSet::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
+            live: BTreeSet::new(),
         }
+    }
+
+    /// Other nodes that disk heartbeat says are alive, in order.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.live.iter().copied().collect()
     }
 
     /// This node.
@@ -662,6 +681,12 @@ impl Dlm {
             }
             Input::Disconnected { client } => self.disconnect(client),
             Input::Tick => self.expire(now),
+            Input::NodeUp { node } => {
+                self.live.insert(node);
+            }
+            Input::NodeDown { node } => {
+                self.live.remove(&node);
+            }
         }
     }
 

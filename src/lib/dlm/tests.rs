@@ -1285,3 +1285,14 @@ mod props {
         }
     }
 }
+
+#[test]
+fn heartbeat_membership_is_recorded() {
+    let mut d = Dlm::new(NodeId(1));
+    d.handle(Millis(0), Input::NodeUp { node: NodeId(3) });
+    d.handle(Millis(0), Input::NodeUp { node: NodeId(2) });
+    assert_eq!(d.live_nodes(), [NodeId(2), NodeId(3)]);
+    d.handle(Millis(0), Input::NodeDown { node: NodeId(3) });
+    assert_eq!(d.live_nodes(), [NodeId(2)]);
+    assert!(d.poll_action().is_none());
+}

@@ -20,7 +20,7 @@ use crate::dlm::{
 };
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Magic at the start of the hello.
 pub const MAGIC: &[u8; 4] = b"o2tl";
 /// Largest payload accepted.
@@ -57,6 +57,72 @@ pub enum ClientRequest {
         /// Only this domain.
         domain: Option<Vec<u8>>,
     },
+    /// Start heartbeating on a region (or take one more reference on it).
+    /// Answered with [`ServerReply::HbRefs`] once the region is steady.
+    HbStart {
+        /// Which region.
+        target: HbTarget,
+        /// Who wants it (references are counted per service).
+        service: String,
+    },
+    /// Drop a reference; the last one stops the region (a clean stop).
+    HbStop {
+        /// Which region.
+        target: HbTarget,
+        /// Whose reference.
+        service: String,
+    },
+    /// The regions lockd heartbeats on.
+    HbStatus,
+    /// The references on a region.
+    HbRefs {
+        /// The region's UUID.
+        uuid: [u8; 16],
+    },
+}
+
+/// A heartbeat region, by device (or file) or by UUID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HbTarget {
+    /// A device or file path.
+    Device(Vec<u8>),
+    /// A region UUID, found by scanning block devices.
+    Uuid([u8; 16]),
+}
+
+/// A heartbeat region lockd runs, for `hb_ctl status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HbRegionInfo {
+    /// The device or file.
+    pub device: Vec<u8>,
+    /// The region's UUID.
+    pub uuid: [u8; 16],
+    /// "ocfs2" or "raw".
+    pub kind: String,
+    /// Slot size.
+    pub block_bytes: u32,
+    /// Byte offset of slot 0.
+    pub start_byte: u64,
+    /// Number of slots.
+    pub slots: u32,
+    /// Our slot (node number).
+    pub node: u8,
+    /// Milliseconds between writes.
+    pub interval_ms: u32,
+    /// Dead time written in our blocks.
+    pub dead_ms: u32,
+    /// The region has been stable long enough.
+    pub steady: bool,
+    /// O_DIRECT I/O (false: buffered fallback).
+    pub direct_io: bool,
+    /// Other nodes alive on this region.
+    pub live: Vec<u8>,
+    /// Heartbeat iterations so far.
+    pub iterations: u64,
+    /// Trouble seen on the last iteration (another writer in our slot, I/O error).
+    pub problem: Option<String>,
+    /// References, per service.
+    pub refs: Vec<(String, u32)>,
 }
 
 /// lockd's status, for `dlmctl status`.
@@ -115,6 +181,20 @@ pub enum ServerReply {
     Domains(Vec<DomainInfo>),
     /// Answer to `Locks`.
     Locks(Vec<ResourceInfo>),
+    /// Answer to `HbStart`, `HbStop` and `HbRefs`: a region's references.
+    HbRefs {
+        /// The region's UUID.
+        uuid: [u8; 16],
+        /// References left, all services together.
+        refs: u32,
+    },
+    /// Answer to `HbStatus`.
+    HbRegions(Vec<HbRegionInfo>),
+    /// A daemon-level request failed; nothing changed.
+    Failed {
+        /// Why.
+        message: String,
+    },
 }
 
 /// Why bytes could not be decoded. The connection must be closed.
@@ -314,10 +394,38 @@ pub fn encode_client_into(m: &ClientMsg, buf: Vec<u8>) -> Vec<u8> {
                     w.u8(4);
                     w.opt_bytes(domain.as_deref());
                 }
+                ClientRequest::HbStart { target, service } => {
+                    w.u8(5);
+                    put_target(&mut w, target);
+                    w.str(service);
+                }
+                ClientRequest::HbStop { target, service } => {
+                    w.u8(6);
+                    put_target(&mut w, target);
+                    w.str(service);
+                }
+                ClientRequest::HbStatus => w.u8(7),
+                ClientRequest::HbRefs { uuid } => {
+                    w.u8(8);
+                    w.0.extend_from_slice(uuid);
+                }
             }
         }
     }
     w.finish()
+}
+
+fn put_target(w: &mut W, t: &HbTarget) {
+    match t {
+        HbTarget::Device(p) => {
+            w.u8(1);
+            w.bytes(p);
+        }
+        HbTarget::Uuid(u) => {
+            w.u8(2);
+            w.0.extend_from_slice(u);
+        }
+    }
 }
 
 fn put_error(w: &mut W, e: &DlmError) {
@@ -482,6 +590,40 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                         w.u64(d.locks as u64);
                     }
                 }
+                ServerReply::HbRefs { uuid, refs } => {
+                    w.u8(8);
+                    w.0.extend_from_slice(uuid);
+                    w.u32(*refs);
+                }
+                ServerReply::HbRegions(rs) => {
+                    w.u8(9);
+                    w.u32(rs.len() as u32);
+                    for r in rs {
+                        w.bytes(&r.device);
+                        w.0.extend_from_slice(&r.uuid);
+                        w.str(&r.kind);
+                        w.u32(r.block_bytes);
+                        w.u64(r.start_byte);
+                        w.u32(r.slots);
+                        w.u8(r.node);
+                        w.u32(r.interval_ms);
+                        w.u32(r.dead_ms);
+                        w.bool(r.steady);
+                        w.bool(r.direct_io);
+                        w.bytes(&r.live);
+                        w.u64(r.iterations);
+                        w.opt_bytes(r.problem.as_deref().map(str::as_bytes));
+                        w.u32(r.refs.len() as u32);
+                        for (svc, n) in &r.refs {
+                            w.str(svc);
+                            w.u32(*n);
+                        }
+                    }
+                }
+                ServerReply::Failed { message } => {
+                    w.u8(10);
+                    w.str(message);
+                }
                 ServerReply::Locks(rs) => {
                     w.u8(7);
                     w.u32(rs.len() as u32);
@@ -588,6 +730,19 @@ impl<'a> R<'a> {
     }
     fn lvb(&mut self) -> Result<Lvb, DecodeError> {
         Ok(self.take(LVB_LEN)?.try_into().expect("64"))
+    }
+    fn uuid(&mut self) -> Result<[u8; 16], DecodeError> {
+        Ok(self.take(16)?.try_into().expect("16"))
+    }
+    fn target(&mut self) -> Result<HbTarget, DecodeError> {
+        match self.u8()? {
+            1 => Ok(HbTarget::Device(self.bytes()?)),
+            2 => Ok(HbTarget::Uuid(self.uuid()?)),
+            v => Err(DecodeError::Unknown {
+                what: "heartbeat target",
+                value: v,
+            }),
+        }
     }
     fn lock(&mut self) -> Result<LockId, DecodeError> {
         Ok(LockId(self.u64()?))
@@ -707,6 +862,16 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, DecodeErr
                     4 => ClientRequest::Locks {
                         domain: r.opt_bytes()?,
                     },
+                    5 => ClientRequest::HbStart {
+                        target: r.target()?,
+                        service: r.string()?,
+                    },
+                    6 => ClientRequest::HbStop {
+                        target: r.target()?,
+                        service: r.string()?,
+                    },
+                    7 => ClientRequest::HbStatus,
+                    8 => ClientRequest::HbRefs { uuid: r.uuid()? },
                     v => {
                         return Err(DecodeError::Unknown {
                             what: "request kind",
@@ -906,6 +1071,47 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                             .collect::<Result<_, DecodeError>>()?,
                     )
                 }
+                8 => ServerReply::HbRefs {
+                    uuid: r.uuid()?,
+                    refs: r.u32()?,
+                },
+                9 => {
+                    let n = r.count(60)?;
+                    let mut out = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let mut info = HbRegionInfo {
+                            device: r.bytes()?,
+                            uuid: r.uuid()?,
+                            kind: r.string()?,
+                            block_bytes: r.u32()?,
+                            start_byte: r.u64()?,
+                            slots: r.u32()?,
+                            node: r.u8()?,
+                            interval_ms: r.u32()?,
+                            dead_ms: r.u32()?,
+                            steady: r.bool()?,
+                            direct_io: r.bool()?,
+                            live: r.bytes()?,
+                            iterations: r.u64()?,
+                            problem: r
+                                .opt_bytes()?
+                                .map(|b| {
+                                    String::from_utf8(b).map_err(|_| DecodeError::Utf8("problem"))
+                                })
+                                .transpose()?,
+                            refs: Vec::new(),
+                        };
+                        let k = r.count(6)?;
+                        for _ in 0..k {
+                            info.refs.push((r.string()?, r.u32()?));
+                        }
+                        out.push(info);
+                    }
+                    ServerReply::HbRegions(out)
+                }
+                10 => ServerReply::Failed {
+                    message: r.string()?,
+                },
                 v => {
                     return Err(DecodeError::Unknown {
                         what: "reply",
@@ -1012,6 +1218,28 @@ mod tests {
             request: ClientRequest::Locks {
                 domain: Some(b"x".to_vec()),
             },
+        });
+        v.push(ClientMsg::Request {
+            tag: 7,
+            request: ClientRequest::HbStart {
+                target: HbTarget::Device(b"/dev/sdb".to_vec()),
+                service: "ocfs2".into(),
+            },
+        });
+        v.push(ClientMsg::Request {
+            tag: 7,
+            request: ClientRequest::HbStop {
+                target: HbTarget::Uuid([7; 16]),
+                service: "hb_ctl".into(),
+            },
+        });
+        v.push(ClientMsg::Request {
+            tag: 7,
+            request: ClientRequest::HbStatus,
+        });
+        v.push(ClientMsg::Request {
+            tag: 7,
+            request: ClientRequest::HbRefs { uuid: [1; 16] },
         });
         v
     }
@@ -1143,6 +1371,39 @@ mod tests {
             },
         ];
         v.extend(events.into_iter().map(ServerMsg::Event));
+        v.push(ServerMsg::Reply {
+            tag: 1,
+            reply: ServerReply::HbRefs {
+                uuid: [3; 16],
+                refs: 2,
+            },
+        });
+        v.push(ServerMsg::Reply {
+            tag: 1,
+            reply: ServerReply::Failed {
+                message: "no such device".into(),
+            },
+        });
+        v.push(ServerMsg::Reply {
+            tag: 1,
+            reply: ServerReply::HbRegions(vec![HbRegionInfo {
+                device: b"/tmp/r".to_vec(),
+                uuid: [9; 16],
+                kind: "raw".into(),
+                block_bytes: 512,
+                start_byte: 512,
+                slots: 255,
+                node: 1,
+                interval_ms: 1000,
+                dead_ms: 5000,
+                steady: true,
+                direct_io: false,
+                live: vec![2, 3],
+                iterations: 42,
+                problem: Some("another writer".into()),
+                refs: vec![("hb_ctl".into(), 1), ("ocfs2".into(), 2)],
+            }]),
+        });
         v
     }
 

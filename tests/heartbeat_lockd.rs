@@ -473,3 +473,49 @@ fn interop_with_a_real_ocfs2_volume() {
     }
     assert_eq!(hb_ctl(&l, &["stop", img.to_str().unwrap()]).0, 0);
 }
+
+#[test]
+fn start_and_stop_by_uuid_find_the_block_device() {
+    let _s = serial();
+    assert!(
+        common::is_root(),
+        "this test attaches a loop device and must run as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::mkfs_image(dir.path());
+    let out = output(Command::new("losetup").args(["-f", "--show"]).arg(&img));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let set = settings(dir.path(), 3);
+    let l = node(dir.path(), 2, &set);
+    let (code, _, err) = hb_ctl(
+        &l,
+        &["start", "--uuid", "0c7010eb-e28f-45cf-9b64-cb60642047a8"],
+    );
+    assert_eq!(code, 0, "{err}\n{}", l.log());
+    let st = status(&l);
+    assert_eq!(st["regions"][0]["device"], dev.as_str());
+    assert_eq!(st["regions"][0]["kind"], "ocfs2");
+    assert_eq!(
+        hb_ctl(&l, &["-I", "-u", common::VOLUME_UUID]).1,
+        format!("{}: 1 refs\n", common::VOLUME_UUID)
+    );
+    let (code, _, err) = hb_ctl(&l, &["stop", "--uuid", common::VOLUME_UUID]);
+    assert_eq!(code, 0, "{err}");
+    assert!(status(&l)["regions"].as_array().unwrap().is_empty());
+    // An unknown UUID is a clear error.
+    let (code, _, err) = hb_ctl(&l, &["start", "--uuid", "77D95EF51C0149D2823674FCC162CF8B"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("77D95EF51C0149D2823674FCC162CF8B"), "{err}");
+}

@@ -15,5 +15,6 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dlm;
+pub mod dlmfs;
 pub mod heartbeat;
 pub mod proto;

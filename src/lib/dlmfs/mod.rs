@@ -1,0 +1,1 @@
+//! dlmfs: the lock manager as a FUSE file system (being written).

@@ -23,6 +23,7 @@ pub fn bin(name: &str) -> PathBuf {
         "o2cb" => env!("CARGO_BIN_EXE_o2cb"),
         "lockd" => env!("CARGO_BIN_EXE_lockd"),
         "dlmctl" => env!("CARGO_BIN_EXE_dlmctl"),
+        "dlmfs" => env!("CARGO_BIN_EXE_dlmfs"),
         "hb_ctl" => env!("CARGO_BIN_EXE_hb_ctl"),
         other => panic!("unknown binary {other}"),
     };

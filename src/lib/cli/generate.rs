@@ -15,6 +15,7 @@ pub fn tools() -> Vec<(clap::Command, &'static str)> {
         (super::o2cb::O2cbArgs::command(), "8"),
         (super::lockd::LockdArgs::command(), "8"),
         (super::dlmctl::DlmctlArgs::command(), "1"),
+        (super::dlmfs::DlmfsArgs::command(), "8"),
         (super::hb_ctl::HbCtlArgs::command(), "8"),
     ]
 }

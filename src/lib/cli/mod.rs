@@ -8,6 +8,7 @@
 //! May depend on: every other module of the crate, `clap`, `anyhow`, `serde_json`.
 
 pub mod dlmctl;
+pub mod dlmfs;
 pub mod generate;
 pub mod hb_ctl;
 pub mod lockd;

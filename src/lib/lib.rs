@@ -18,3 +18,4 @@ pub mod dlm;
 pub mod dlmfs;
 pub mod heartbeat;
 pub mod proto;
+pub mod sim;

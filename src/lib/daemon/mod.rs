@@ -531,6 +531,7 @@ impl Loop<'_> {
                         uptime_ms: self.start.elapsed().as_millis() as u64,
                         autostarted: self.opts.autostarted,
                         stats: self.dlm.stats(),
+                        nodes: Vec::new(),
                     });
                     self.send(token, &ServerMsg::Reply { tag, reply });
                 }
@@ -873,6 +874,8 @@ impl Loop<'_> {
                     },
                 ),
                 Action::Event { client, event } => (client, ServerMsg::Event(event)),
+                // Not a cluster yet: the core sends nothing.
+                Action::Send { .. } => continue,
             };
             self.send(client.0, &msg);
         }

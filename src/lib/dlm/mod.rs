@@ -30,13 +30,20 @@
 //!
 //! May depend on: std and `thiserror` only.
 
+mod cluster;
 mod mode;
+mod node;
+use node::Gate;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
+pub use cluster::{
+    covers, master_of, ClusterConfig, DomainView, LvbCopy, NodeFailure, NodeHolder, NodeView, PeerMsg,
+    ReportEntry,
+};
 pub use mode::{BadMode, Mode};
 
 /// A resource, by domain and name.
@@ -316,6 +323,15 @@ pub enum Action {
         /// What happened.
         event: Event,
     },
+    /// Send a message to another node's lock manager (dropped by the shell
+    /// when there is no connection: the core sends again after
+    /// [`Input::PeerUp`]).
+    Send {
+        /// The node.
+        to: NodeId,
+        /// The message.
+        msg: PeerMsg,
+    },
 }
 
 /// Why a request was refused. Refusals are answers, not failures of lockd.
@@ -394,10 +410,28 @@ pub enum Input {
         node: NodeId,
     },
     /// Disk heartbeat says a node is dead. (Recovery of its locks comes with
-    /// the multi-node lock manager; for now the core records membership.)
+    /// the recovery layer; for now the core records liveness.)
     NodeDown {
         /// The node.
         node: NodeId,
+    },
+    /// A connection to another node's lock manager is established (a fresh
+    /// one: whatever was in flight on an older connection is lost).
+    PeerUp {
+        /// The node.
+        node: NodeId,
+    },
+    /// The connection to another node's lock manager is gone.
+    PeerDown {
+        /// The node.
+        node: NodeId,
+    },
+    /// A message from another node's lock manager.
+    Peer {
+        /// The sender.
+        from: NodeId,
+        /// The message.
+        msg: PeerMsg,
     },
 }
 
@@ -445,9 +479,12 @@ impl Queues {
 #[derive(Debug)]
 struct Resource {
     master: NodeId,
+    /// The value block; in a cluster, this node's copy of it.
     lvb: LvbState,
     /// None while no lock refers to the resource (keeps idle resources small).
     queues: Option<Box<Queues>>,
+    /// In a cluster: this node's lock on the resource at the cluster level.
+    node: Option<Box<cluster::NodeLock>>,
 }
 
 #[derive(Debug, Default)]
@@ -476,6 +513,10 @@ struct Lock {
     deadline: Option<Millis>,
     /// Modes this lock has been told it blocks, since it was last granted.
     basted: u8,
+    /// The pending request is a trylock waiting for the master's answer.
+    noqueue: bool,
+    /// The pending request needed a node-level request (not a cached grant).
+    remote: bool,
 }
 
 impl Lock {
@@ -525,6 +566,12 @@ pub struct Counters {
     pub deadlocks: u64,
     /// Blocking notifications sent.
     pub basts: u64,
+    /// In a cluster: grants made from the node's cached node lock, with no
+    /// message to a master.
+    pub local_grants: u64,
+    /// In a cluster: node-level requests (lock, convert, unlock) sent to a
+    /// master on another node.
+    pub remote_requests: u64,
 }
 
 /// A snapshot of the core, for `dlmctl status`.
@@ -555,6 +602,10 @@ pub struct DomainInfo {
     pub resources: usize,
     /// Locks in it.
     pub locks: usize,
+    /// In a cluster: membership changes so far (0 on a single node).
+    pub epoch: u64,
+    /// In a cluster: the nodes in it (empty on a single node).
+    pub members: Vec<NodeId>,
 }
 
 /// A resource's value block, for listings.
@@ -585,6 +636,10 @@ pub struct ResourceInfo {
     pub converting: Vec<Holder>,
     /// New requests waiting.
     pub waiting: Vec<Holder>,
+    /// In a cluster: this node's node lock (mode held, mode asked for).
+    pub node_lock: Option<(Option<Mode>, Option<Mode>)>,
+    /// In a cluster, on the master: every node's node lock.
+    pub nodes: Vec<NodeHolder>,
 }
 
 /// The lock manager of one node.
@@ -600,6 +655,12 @@ pub struct Dlm {
     counters: Counters,
     /// Other nodes that disk heartbeat says are alive.
     live: BTreeSet<NodeId>,
+    /// The time of the input being handled.
+    now: Millis,
+    /// In a cluster: peers, domain membership, mastered resources.
+    cluster: Option<Box<cluster::ClusterState>>,
+    /// Messages to this node itself, handled after the current input.
+    loopback: VecDeque<PeerMsg>,
 }
 
 fn check_name(what: &'static str, name: &[u8]) -> Result<(), DlmError> {
@@ -639,6 +700,9 @@ impl Dlm {
             actions: VecDeque::new(),
             counters: Counters::default(),
             live: BTreeSet::new(),
+            now: Millis(0),
+            cluster: None,
+            loopback: VecDeque::new(),
         }
     }
 
@@ -654,6 +718,15 @@ impl Dlm {
 
     /// Feeds one input.
     pub fn handle(&mut self, now: Millis, input: Input) {
+        self.now = now;
+        if let Some(cl) = self.cluster.as_deref_mut() {
+            cl.started.get_or_insert(now);
+        }
+        self.handle_input(now, input);
+        self.drain_loopback(now);
+    }
+
+    fn handle_input(&mut self, now: Millis, input: Input) {
         match input {
             Input::Connected { client, cred } => {
                 self.clients.insert(
@@ -680,13 +753,21 @@ impl Dlm {
                 }
             }
             Input::Disconnected { client } => self.disconnect(client),
-            Input::Tick => self.expire(now),
+            Input::Tick => {
+                self.expire(now);
+                if self.cluster.is_some() {
+                    self.cluster_tick(now);
+                }
+            }
             Input::NodeUp { node } => {
                 self.live.insert(node);
             }
             Input::NodeDown { node } => {
                 self.live.remove(&node);
             }
+            Input::PeerUp { node } => self.peer_up(now, node),
+            Input::PeerDown { node } => self.peer_down(node),
+            Input::Peer { from, msg } => self.on_peer(now, from, msg),
         }
     }
 
@@ -697,7 +778,15 @@ impl Dlm {
 
     /// When [`Input::Tick`] is next needed.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.deadlines.first().map(|&(t, _)| t)
+        let local = self.deadlines.first().map(|&(t, _)| t);
+        let cluster = self
+            .cluster
+            .as_deref()
+            .and_then(|c| c.retries.first().map(|(t, _)| *t));
+        match (local, cluster) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn reply(&mut self, client: ClientId, tag: u64, reply: Reply) {
@@ -730,9 +819,15 @@ impl Dlm {
                         .get_mut(&client)
                         .expect("known client")
                         .domains
-                        .insert(domain.into());
+                        .insert(domain.clone().into());
                 }
-                self.reply(client, tag, Reply::Ok);
+                if self.cluster.is_some() && !self.domain_running(&domain) {
+                    // Answered once the cluster has let this node in.
+                    self.dc_mut(&domain).join_waiters.push((client, tag));
+                    self.drive(&domain);
+                } else {
+                    self.reply(client, tag, Reply::Ok);
+                }
                 Ok(())
             }
             Request::Leave { domain, force } => {
@@ -743,6 +838,12 @@ impl Dlm {
                 }
                 if force {
                     self.leave_domain(cred, &domain)?;
+                    if self.cluster.is_some() {
+                        // Answered once the other nodes have taken over.
+                        self.dc_mut(&domain).leave_waiters.push((client, tag));
+                        self.drive(&domain);
+                        return Ok(());
+                    }
                 } else {
                     let d = self.domains.get_mut(&domain[..]).expect("checked");
                     d.users.remove(&client);
@@ -817,10 +918,13 @@ impl Dlm {
                     });
                 }
                 let (d, r) = (l.domain.clone(), l.resource.clone());
-                let lvb = &mut self.resource_mut(&d, &r).lvb;
-                lvb.value = value;
-                lvb.seq += 1;
-                lvb.valid = true;
+                let res = self.resource_mut(&d, &r);
+                res.lvb.value = value;
+                res.lvb.seq += 1;
+                res.lvb.valid = true;
+                if let Some(n) = res.node.as_deref_mut() {
+                    n.dirty = true;
+                }
                 self.reply(client, tag, Reply::Ok);
                 Ok(())
             }
@@ -926,6 +1030,7 @@ impl Dlm {
                     master: node,
                     lvb: LvbState::PRISTINE,
                     queues: None,
+                    node: None,
                 }),
             );
         }
@@ -949,6 +1054,8 @@ impl Dlm {
                 requested: Some(req.mode),
                 deadline: None,
                 basted: 0,
+                noqueue: false,
+                remote: false,
             },
         );
         let c = self.clients.get_mut(&client).expect("known client");
@@ -960,17 +1067,27 @@ impl Dlm {
         self.counters.lock_requests += 1;
         self.reply(client, tag, Reply::LockAccepted { lock: id });
 
-        let grantable = self.with_names(id, |s, d, r| {
+        let (grantable, gate) = self.with_names(id, |s, d, r| {
             let q = s.queues(d, r);
-            q.converting.is_empty()
+            let grantable = q.converting.is_empty()
                 && q.waiting.is_empty()
-                && compatible_with_holders(&s.locks, q, id, req.mode)
+                && compatible_with_holders(&s.locks, q, id, req.mode);
+            (grantable, s.node_gate(d, r, req.mode, false))
         });
-        if grantable || !req.flags.noqueue {
+        // In a cluster, a trylock the node lock does not cover asks the
+        // master; one that waits behind a blocked node lock is busy.
+        let ask = grantable && gate == Gate::Ask;
+        if grantable || ask || !req.flags.noqueue {
             self.with_names(id, |s, d, r| s.queues_mut(d, r).waiting.push(id));
         }
-        if grantable {
+        if grantable && gate == Gate::Yes {
             self.grant(id);
+        } else if ask && req.flags.noqueue {
+            let l = self.locks.get_mut(&id).expect("exists");
+            l.noqueue = true;
+            let (d, r) = (l.domain.clone(), l.resource.clone());
+            self.grant_pending(&d, &r);
+            self.drive(&d);
         } else if req.flags.noqueue {
             let blockers = self.blockers(id, req.mode);
             if req.flags.bast_on_busy {
@@ -988,6 +1105,13 @@ impl Dlm {
             self.maybe_free(&l.domain, &l.resource);
         } else {
             self.queue_wait(now, id, req.timeout_ms);
+            if self.cluster.is_some() {
+                // (Names cloned: granting borrows them from the lock.)
+                let l = &self.locks[&id];
+                let (d, r) = (l.domain.clone(), l.resource.clone());
+                self.grant_pending(&d, &r);
+                self.drive(&d);
+            }
         }
         Ok(())
     }
@@ -1029,7 +1153,26 @@ impl Dlm {
         }
         let q = self.queues(&d, &r);
         if mode == held || compatible_with_holders(&self.locks, q, id, mode) {
-            self.grant(id);
+            let gate = if mode == held {
+                Gate::Yes
+            } else {
+                self.node_gate(&d, &r, mode, true)
+            };
+            if gate == Gate::Yes {
+                self.grant(id);
+                self.grant_pending(&d, &r);
+                return Ok(());
+            }
+            // The node lock must go up first: queue it as a conversion and
+            // let the node ask its master (a trylock asks with no queueing).
+            let q = self.queues_mut(&d, &r);
+            q.granted.retain(|&x| x != id);
+            q.converting.push(id);
+            if noqueue {
+                self.locks.get_mut(&id).expect("exists").noqueue = true;
+            } else {
+                self.queue_wait(now, id, timeout_ms);
+            }
             self.grant_pending(&d, &r);
             return Ok(());
         }
@@ -1071,6 +1214,8 @@ impl Dlm {
     fn finish_failed_convert(&mut self, id: LockId, failure: Failure) {
         let l = self.locks.get_mut(&id).expect("exists");
         l.requested = None;
+        l.noqueue = false;
+        l.remote = false;
         let to = l.requester.take();
         if let Some(c) = to.and_then(|c| self.clients.get_mut(&c)) {
             c.pending.remove(&id);
@@ -1176,6 +1321,10 @@ impl Dlm {
         let mode = l.requested.take().expect("a request to grant");
         l.granted = Some(mode);
         l.basted = 0;
+        l.noqueue = false;
+        if self.cluster.is_some() && !std::mem::take(&mut l.remote) {
+            self.counters.local_grants += 1;
+        }
         if let Some(t) = l.deadline.take() {
             self.deadlines.remove(&(t, id));
         }
@@ -1200,6 +1349,10 @@ impl Dlm {
     /// Serves the queues in order: the head conversion while it can be
     /// granted, then, with no conversion queued, the head new request.
     fn grant_pending(&mut self, d: &[u8], r: &[u8]) {
+        if self.cluster.is_some() {
+            self.cluster_grant_pending(d, r);
+            return;
+        }
         loop {
             let Some(q) = self.resource(d, r).queues.as_deref() else {
                 return;
@@ -1328,11 +1481,19 @@ impl Dlm {
         let Some(dom) = self.domains.get_mut(d) else {
             return;
         };
+        let cluster = self.cluster.is_some();
         if let Some(res) = dom.resources.get_mut(r) {
             if res.queues.as_deref().is_some_and(Queues::is_empty) {
                 res.queues = None;
             }
-            if res.queues.is_none() && res.lvb.is_pristine() {
+            // In a cluster the value block lives on the master; this node's
+            // copy goes with its node lock.
+            let free = if cluster {
+                res.node.as_deref().is_none_or(cluster::NodeLock::is_idle)
+            } else {
+                res.lvb.is_pristine()
+            };
+            if res.queues.is_none() && free {
                 dom.resources.remove(r);
             }
         }
@@ -1341,6 +1502,11 @@ impl Dlm {
 
     /// Frees a domain nobody pins or uses and in which nobody holds locks.
     fn maybe_free_domain(&mut self, d: &[u8]) {
+        if self.cluster.is_some() {
+            // The node leaves the domain first (see `drive`).
+            self.drive(d);
+            return;
+        }
         let Some(dom) = self.domains.get(d) else {
             return;
         };
@@ -1397,7 +1563,25 @@ impl Dlm {
         for c in self.clients.values_mut() {
             c.domains.remove(domain);
         }
-        self.domains.remove(domain);
+        if self.cluster.is_some() {
+            // The node lock records stay until the node has left.
+            let dom = self.domains.get_mut(domain).expect("checked");
+            dom.pinned = false;
+            dom.users.clear();
+            for r in dom.resources.values_mut() {
+                r.queues = None;
+            }
+            // Node locks others wait for come down now (the node may stay
+            // in the domain if something here uses it again).
+            let mut names: Vec<Box<[u8]>> = dom.resources.keys().cloned().collect();
+            names.sort();
+            for r in names {
+                self.grant_pending(domain, &r);
+                self.maybe_free(domain, &r);
+            }
+        } else {
+            self.domains.remove(domain);
+        }
         Ok(())
     }
 
@@ -1481,40 +1665,76 @@ impl Dlm {
                 users: d.users.len(),
                 resources: d.resources.len(),
                 locks: self.locks.values().filter(|l| l.domain == *name).count(),
+                epoch: self
+                    .cluster_domains()
+                    .into_iter()
+                    .find(|v| v.name == name[..])
+                    .map_or(0, |v| v.epoch),
+                members: self
+                    .cluster_domains()
+                    .into_iter()
+                    .find(|v| v.name == name[..])
+                    .map_or(Vec::new(), |v| v.members),
             })
             .collect()
     }
 
     /// Every resource (of one domain, or all), sorted by domain and name.
+    /// In a cluster this is what this node knows: its own locks and node
+    /// lock, and every node's node lock on the resources it masters.
     pub fn resources(&self, domain: Option<&[u8]>) -> Vec<ResourceInfo> {
         let mut out = Vec::new();
-        for (dname, d) in &self.domains {
-            if domain.is_some_and(|want| want != &dname[..]) {
+        let mut names: BTreeSet<&[u8]> = self.domains.keys().map(|d| &d[..]).collect();
+        let cluster_names: Vec<Box<[u8]>> = self
+            .cluster
+            .as_deref()
+            .map(|c| c.domains.keys().cloned().collect())
+            .unwrap_or_default();
+        names.extend(cluster_names.iter().map(|d| &d[..]));
+        for dname in names {
+            if domain.is_some_and(|want| want != dname) {
                 continue;
             }
-            let mut names: Vec<&Box<[u8]>> = d.resources.keys().collect();
-            names.sort();
-            for name in names {
-                let r = &d.resources[name];
+            let mastered = if self.cluster.is_some() {
+                self.mastered_names(dname)
+            } else {
+                Vec::new()
+            };
+            let mut rnames: BTreeSet<&[u8]> = mastered.iter().map(|r| &r[..]).collect();
+            if let Some(d) = self.domains.get(dname) {
+                rnames.extend(d.resources.keys().map(|r| &r[..]));
+            }
+            for name in rnames {
+                let r = self.domains.get(dname).and_then(|d| d.resources.get(name));
                 let list = |ids: &[LockId]| -> Vec<Holder> {
                     ids.iter().map(|&id| self.locks[&id].holder(id)).collect()
                 };
-                let (granted, converting, waiting) = match r.queues.as_deref() {
+                let (granted, converting, waiting) = match r.and_then(|r| r.queues.as_deref()) {
                     Some(q) => (list(&q.granted), list(&q.converting), list(&q.waiting)),
                     None => Default::default(),
                 };
+                let (master, nodes) = if self.cluster.is_some() {
+                    self.cluster_resource_view(dname, name)
+                } else {
+                    (r.map_or(self.node, |r| r.master), Vec::new())
+                };
+                let lvb = r.map_or(LvbState::PRISTINE, |r| r.lvb);
                 out.push(ResourceInfo {
                     domain: dname.to_vec(),
                     name: name.to_vec(),
-                    master: r.master,
+                    master,
                     lvb: LvbInfo {
-                        value: r.lvb.value,
-                        seq: r.lvb.seq,
-                        valid: r.lvb.valid,
+                        value: lvb.value,
+                        seq: lvb.seq,
+                        valid: lvb.valid,
                     },
                     granted,
                     converting,
                     waiting,
+                    node_lock: r
+                        .and_then(|r| r.node.as_deref())
+                        .map(|n| (n.mode, n.pending.map(|p| p.0))),
+                    nodes,
                 });
             }
         }

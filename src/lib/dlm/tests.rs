@@ -79,6 +79,7 @@ impl H {
                 }
                 Action::Reply { .. } => panic!("reply to another request"),
                 Action::Event { client, event } => events.push((client, event)),
+                Action::Send { .. } => panic!("a single node sends nothing"),
             }
         }
         let mine = events

@@ -16,11 +16,12 @@
 
 use crate::dlm::{
     Counters, DlmError, DomainInfo, Event, Failure, Holder, LVB_LEN, LockFlags, LockId,
-    LockRequest, LostReason, Lvb, LvbInfo, Mode, NodeId, Reply, Request, ResourceInfo, Stats,
+    LockRequest, LostReason, Lvb, LvbInfo, Mode, NodeHolder, NodeId, Reply, Request,
+    ResourceInfo, Stats,
 };
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Magic at the start of the hello.
 pub const MAGIC: &[u8; 4] = b"o2tl";
 /// Largest payload accepted.
@@ -140,6 +141,25 @@ pub struct StatusInfo {
     pub autostarted: bool,
     /// Sizes and counters of the core.
     pub stats: Stats,
+    /// In a cluster: every configured node (empty for a single node).
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A configured node of the cluster, for `dlmctl status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Its node number.
+    pub number: u8,
+    /// Its name.
+    pub name: String,
+    /// `ip:port` of its lockd.
+    pub address: String,
+    /// This node.
+    pub local: bool,
+    /// lockd is connected to it (always true for this node).
+    pub connected: bool,
+    /// Disk heartbeat sees it alive (always true for this node).
+    pub heartbeat: bool,
 }
 
 /// A message from lockd.
@@ -526,6 +546,8 @@ fn put_counters(w: &mut W, c: &Counters) {
         c.timeouts,
         c.deadlocks,
         c.basts,
+        c.local_grants,
+        c.remote_requests,
     ] {
         w.u64(v);
     }
@@ -578,6 +600,15 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                     w.u64(s.stats.locks as u64);
                     w.u64(s.stats.clients as u64);
                     put_counters(&mut w, &s.stats.counters);
+                    w.u32(s.nodes.len() as u32);
+                    for n in &s.nodes {
+                        w.u8(n.number);
+                        w.str(&n.name);
+                        w.str(&n.address);
+                        w.bool(n.local);
+                        w.bool(n.connected);
+                        w.bool(n.heartbeat);
+                    }
                 }
                 ServerReply::Domains(ds) => {
                     w.u8(6);
@@ -588,6 +619,8 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                         w.u32(d.users as u32);
                         w.u64(d.resources as u64);
                         w.u64(d.locks as u64);
+                        w.u64(d.epoch);
+                        w.bytes(&d.members.iter().map(|n| n.0).collect::<Vec<u8>>());
                     }
                 }
                 ServerReply::HbRefs { uuid, refs } => {
@@ -637,6 +670,21 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                         w.holders(&r.granted);
                         w.holders(&r.converting);
                         w.holders(&r.waiting);
+                        match r.node_lock {
+                            None => w.bool(false),
+                            Some((held, want)) => {
+                                w.bool(true);
+                                w.opt_mode(held);
+                                w.opt_mode(want);
+                            }
+                        }
+                        w.u32(r.nodes.len() as u32);
+                        for n in &r.nodes {
+                            w.u8(n.node.0);
+                            w.opt_mode(n.granted);
+                            w.opt_mode(n.requested);
+                            w.u32(n.pid as u32);
+                        }
                     }
                 }
             }
@@ -988,6 +1036,8 @@ fn get_counters(r: &mut R<'_>) -> Result<Counters, DecodeError> {
         timeouts: r.u64()?,
         deadlocks: r.u64()?,
         basts: r.u64()?,
+        local_grants: r.u64()?,
+        remote_requests: r.u64()?,
     })
 }
 
@@ -1032,9 +1082,24 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                         clients: r.u64()? as usize,
                         counters: get_counters(&mut r)?,
                     },
+                    nodes: {
+                        let n = r.count(10)?;
+                        (0..n)
+                            .map(|_| {
+                                Ok(NodeStatus {
+                                    number: r.u8()?,
+                                    name: r.string()?,
+                                    address: r.string()?,
+                                    local: r.bool()?,
+                                    connected: r.bool()?,
+                                    heartbeat: r.bool()?,
+                                })
+                            })
+                            .collect::<Result<_, DecodeError>>()?
+                    },
                 }),
                 6 => {
-                    let n = r.count(23)?;
+                    let n = r.count(33)?;
                     ServerReply::Domains(
                         (0..n)
                             .map(|_| {
@@ -1044,13 +1109,15 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                                     users: r.u32()? as usize,
                                     resources: r.u64()? as usize,
                                     locks: r.u64()? as usize,
+                                    epoch: r.u64()?,
+                                    members: r.bytes()?.into_iter().map(NodeId).collect(),
                                 })
                             })
                             .collect::<Result<_, DecodeError>>()?,
                     )
                 }
                 7 => {
-                    let n = r.count(90)?;
+                    let n = r.count(95)?;
                     ServerReply::Locks(
                         (0..n)
                             .map(|_| {
@@ -1066,6 +1133,24 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                                     granted: r.holders()?,
                                     converting: r.holders()?,
                                     waiting: r.holders()?,
+                                    node_lock: if r.bool()? {
+                                        Some((r.opt_mode()?, r.opt_mode()?))
+                                    } else {
+                                        None
+                                    },
+                                    nodes: {
+                                        let n = r.count(7)?;
+                                        (0..n)
+                                            .map(|_| {
+                                                Ok(NodeHolder {
+                                                    node: NodeId(r.u8()?),
+                                                    granted: r.opt_mode()?,
+                                                    requested: r.opt_mode()?,
+                                                    pid: r.u32()? as i32,
+                                                })
+                                            })
+                                            .collect::<Result<_, DecodeError>>()?
+                                    },
                                 })
                             })
                             .collect::<Result<_, DecodeError>>()?,
@@ -1298,9 +1383,19 @@ mod tests {
                     counters: Counters {
                         grants: 5,
                         basts: 6,
+                        local_grants: 7,
+                        remote_requests: 8,
                         ..Default::default()
                     },
                 },
+                nodes: vec![NodeStatus {
+                    number: 2,
+                    name: "n2".into(),
+                    address: "127.0.0.2:7777".into(),
+                    local: false,
+                    connected: true,
+                    heartbeat: false,
+                }],
             }),
             ServerReply::Domains(vec![DomainInfo {
                 name: b"d".to_vec(),
@@ -1308,6 +1403,8 @@ mod tests {
                 users: 2,
                 resources: 3,
                 locks: 4,
+                epoch: 5,
+                members: vec![NodeId(1), NodeId(3)],
             }]),
             ServerReply::Locks(vec![ResourceInfo {
                 domain: b"d".to_vec(),
@@ -1321,6 +1418,13 @@ mod tests {
                 granted: vec![holder(1)],
                 converting: vec![],
                 waiting: vec![holder(2), holder(3)],
+                node_lock: Some((Some(Mode::PR), None)),
+                nodes: vec![NodeHolder {
+                    node: NodeId(2),
+                    granted: None,
+                    requested: Some(Mode::EX),
+                    pid: 9,
+                }],
             }]),
         ];
         v.extend(

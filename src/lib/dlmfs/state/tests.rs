@@ -108,6 +108,7 @@ impl Rig {
                     Action::Reply { client, .. } | Action::Event { client, .. } => {
                         self.other.push((client, a));
                     }
+                    Action::Send { .. } => {}
                 }
             }
             if idle {

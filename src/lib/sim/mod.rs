@@ -1,0 +1,1132 @@
+//! A deterministic simulation of a cluster of lock managers.
+//!
+//! It runs the real core ([`Dlm`]) of 3–7 nodes over a simulated network:
+//! one FIFO link per ordered pair of nodes, with random delays, and
+//! connections that break (everything in flight is lost) and come back
+//! later. Random clients on every node lock, convert, unlock, cancel, use
+//! value blocks, join and leave domains and disconnect. Everything random
+//! comes from one seeded generator and time is virtual, so a seed replays
+//! exactly.
+//!
+//! After every step it checks:
+//! - no two clients anywhere hold incompatible modes on one resource, and no
+//!   two nodes believe they hold incompatible node locks on it;
+//! - every local holder's mode is covered by its node's node lock;
+//! - a value block read under PR or above is the last one written (reads
+//!   under CR or CW see some value written before);
+//! - every request is answered immediately, except joins and forced leaves,
+//!   which are answered once the membership change is done.
+//!
+//! At the end, the network heals, clients stop asking and release what they
+//! hold; every pending request must then be answered and every lock request
+//! end, within a bound of virtual time.
+//!
+//! May depend on: `dlm`, std.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+use crate::dlm::{
+    Action, ClientId, ClusterConfig, Cred, Dlm, Event, Input, LockFlags, LockId, LockRequest,
+    Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request, LVB_LEN,
+};
+
+/// SplitMix64: small, fast, and the same everywhere.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// True with probability `per_mille`/1000.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Nodes (3–7 in the test suite).
+    pub nodes: usize,
+    /// Clients per node.
+    pub clients: usize,
+    /// Domains used.
+    pub domains: usize,
+    /// Resources per domain.
+    pub resources: usize,
+    /// Steps of random traffic before the final drain.
+    pub steps: usize,
+    /// Per step, chance in 1000 that a connection breaks.
+    pub break_per_mille: u64,
+    /// Clients join domains explicitly (so nodes leave them when unused).
+    pub churn: bool,
+    /// Some nodes start late (joins wait for the mesh to settle).
+    pub staggered: bool,
+}
+
+impl Config {
+    /// The configuration the test suite uses for `seed`: sizes vary with
+    /// the seed so that many shapes are covered.
+    pub fn for_seed(seed: u64, steps: usize) -> Config {
+        let mut r = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+        Config {
+            nodes: 3 + r.below(5) as usize,
+            clients: 1 + r.below(3) as usize,
+            domains: 1 + r.below(2) as usize,
+            resources: 1 + r.below(4) as usize,
+            steps,
+            break_per_mille: [0, 2, 5, 10][r.below(4) as usize],
+            churn: r.chance(500),
+            staggered: r.chance(300),
+        }
+    }
+}
+
+/// What a run did (for the test's summary line).
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Peer messages delivered.
+    pub messages: u64,
+    /// Peer messages lost with a broken connection.
+    pub lost: u64,
+    /// Grants seen by clients.
+    pub grants: u64,
+    /// Connections broken.
+    pub breaks: u64,
+    /// Membership changes completed (sum of final epochs is a proxy).
+    pub joins: u64,
+    /// Virtual time at the end, in milliseconds.
+    pub virtual_ms: u64,
+}
+
+/// A failed check, with what led to it.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The step at which the check failed.
+    pub step: usize,
+    /// What went wrong.
+    pub what: String,
+    /// The last events before it.
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "simulation seed {} failed at step {}: {}",
+            self.seed, self.step, self.what
+        )?;
+        writeln!(f, "last events:")?;
+        for t in &self.trace {
+            writeln!(f, "  {t}")?;
+        }
+        write!(
+            f,
+            "replay with: O2TOOLS_SIM_SEED={} cargo test --release --test sim",
+            self.seed
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CLock {
+    d: usize,
+    r: usize,
+    granted: Option<Mode>,
+    pending: Option<Mode>,
+}
+
+#[derive(Clone, Debug)]
+enum Asked {
+    Lock { d: usize, r: usize, mode: Mode },
+    Convert { lock: LockId, mode: Mode },
+    Unlock { lock: LockId },
+    Cancel,
+    LvbGet { lock: LockId },
+    LvbSet { lock: LockId, value: Lvb },
+    Join { d: usize },
+    Leave { d: usize, force: bool },
+}
+
+#[derive(Debug)]
+struct SimClient {
+    id: ClientId,
+    connected: bool,
+    locks: BTreeMap<LockId, CLock>,
+    asked: BTreeMap<u64, (Asked, usize)>,
+    /// Domains joined explicitly (or being joined).
+    joined: BTreeSet<usize>,
+}
+
+struct Link {
+    queue: VecDeque<(Millis, PeerMsg)>,
+    last: Millis,
+}
+
+/// One simulated cluster.
+pub struct Sim {
+    seed: u64,
+    cfg: Config,
+    rng: Rng,
+    now: Millis,
+    step: usize,
+    dlms: Vec<Dlm>,
+    started: Vec<bool>,
+    start_at: Vec<Millis>,
+    clients: Vec<Vec<SimClient>>,
+    links: BTreeMap<(usize, usize), Link>,
+    /// Pairs connected now.
+    up: BTreeSet<(usize, usize)>,
+    /// Pairs to reconnect, and when.
+    reconnect: BTreeMap<(usize, usize), Millis>,
+    tag: u64,
+    /// The last value written per (domain, resource), and every value ever
+    /// written since the domain was last empty.
+    lvb_last: BTreeMap<(usize, usize), Lvb>,
+    lvb_seen: BTreeMap<(usize, usize), BTreeSet<Lvb>>,
+    next_value: u64,
+    trace: VecDeque<String>,
+    out: Outcome,
+    draining: bool,
+    trace_len: usize,
+    node_locks: BTreeMap<(usize, Vec<u8>, Vec<u8>), (Option<Mode>, Option<Mode>)>,
+}
+
+/// Events kept for a failure report (`O2TOOLS_SIM_TRACE` changes it).
+fn trace_len() -> usize {
+    std::env::var("O2TOOLS_SIM_TRACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
+fn dname(d: usize) -> Vec<u8> {
+    format!("d{d}").into_bytes()
+}
+
+fn rname(r: usize) -> Vec<u8> {
+    format!("r{r}").into_bytes()
+}
+
+fn short(msg: &PeerMsg) -> String {
+    let s = format!("{msg:?}");
+    // Value blocks make lines unreadable.
+    let mut out = String::new();
+    let mut skip = 0usize;
+    for (i, part) in s.split("value: [").enumerate() {
+        if i > 0 {
+            out.push_str("value: [..");
+            skip = part.find(']').unwrap_or(0);
+        }
+        out.push_str(&part[skip..]);
+        skip = 0;
+    }
+    out
+}
+
+impl Sim {
+    /// A cluster for `seed` shaped by `cfg`.
+    pub fn new(seed: u64, cfg: Config) -> Sim {
+        let mut rng = Rng::new(seed);
+        let nodes: Vec<NodeId> = (0..cfg.nodes).map(|i| NodeId(i as u8 + 1)).collect();
+        let dlms = nodes
+            .iter()
+            .map(|&n| {
+                Dlm::new_cluster(
+                    n,
+                    ClusterConfig {
+                        nodes: nodes.clone(),
+                        settle_ms: 50,
+                    },
+                )
+            })
+            .collect();
+        let start_at = (0..cfg.nodes)
+            .map(|_| {
+                if cfg.staggered && rng.chance(400) {
+                    Millis(rng.below(300))
+                } else {
+                    Millis(0)
+                }
+            })
+            .collect();
+        let clients = (0..cfg.nodes)
+            .map(|_| {
+                (0..cfg.clients)
+                    .map(|c| SimClient {
+                        id: ClientId(c as u64 + 1),
+                        connected: false,
+                        locks: BTreeMap::new(),
+                        asked: BTreeMap::new(),
+                        joined: BTreeSet::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut links = BTreeMap::new();
+        for a in 0..cfg.nodes {
+            for b in 0..cfg.nodes {
+                if a != b {
+                    links.insert(
+                        (a, b),
+                        Link {
+                            queue: VecDeque::new(),
+                            last: Millis(0),
+                        },
+                    );
+                }
+            }
+        }
+        Sim {
+            seed,
+            started: vec![false; cfg.nodes],
+            cfg,
+            rng,
+            now: Millis(0),
+            step: 0,
+            dlms,
+            start_at,
+            clients,
+            links,
+            up: BTreeSet::new(),
+            reconnect: BTreeMap::new(),
+            tag: 0,
+            lvb_last: BTreeMap::new(),
+            lvb_seen: BTreeMap::new(),
+            next_value: 1,
+            trace: VecDeque::new(),
+            out: Outcome::default(),
+            draining: false,
+            trace_len: trace_len(),
+            node_locks: BTreeMap::new(),
+        }
+    }
+
+    fn log(&mut self, s: String) {
+        if self.trace.len() >= self.trace_len {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("[{} t={}] {s}", self.step, self.now.0));
+    }
+
+    fn fail(&self, what: String) -> SimFailure {
+        SimFailure {
+            seed: self.seed,
+            step: self.step,
+            what,
+            trace: self.trace.iter().cloned().collect(),
+        }
+    }
+
+    /// Runs the random traffic, then the drain; Err on the first failed check.
+    pub fn run(mut self) -> Result<Outcome, SimFailure> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for step in 0..self.cfg.steps {
+                self.step = step;
+                self.one_step()?;
+            }
+            self.drain()
+        }));
+        match result {
+            Ok(r) => r?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                return Err(self.fail(format!("the core panicked: {what}")));
+            }
+        }
+        self.out.virtual_ms = self.now.0;
+        Ok(self.out)
+    }
+
+    fn input(&mut self, n: usize, input: Input) -> Result<(), SimFailure> {
+        self.dlms[n].handle(self.now, input);
+        self.collect(n)
+    }
+
+    /// Takes node `n`'s actions: messages onto links, replies and events
+    /// to the clients' beliefs.
+    fn collect(&mut self, n: usize) -> Result<(), SimFailure> {
+        while let Some(a) = self.dlms[n].poll_action() {
+            match a {
+                Action::Send { to, msg } => {
+                    let to = to.0 as usize - 1;
+                    if !self.up.contains(&(n.min(to), n.max(to))) {
+                        return Err(self.fail(format!(
+                            "node {} sent to node {} with no connection: {}",
+                            n + 1,
+                            to + 1,
+                            short(&msg)
+                        )));
+                    }
+                    let delay = 1 + self.rng.below(5);
+                    let link = self.links.get_mut(&(n, to)).expect("link");
+                    let at = self.now.after(delay).max(link.last);
+                    link.last = at;
+                    link.queue.push_back((at, msg));
+                }
+                Action::Reply { client, tag, reply } => self.on_reply(n, client, tag, reply)?,
+                Action::Event { client, event } => self.on_event(n, client, event)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn client_mut(&mut self, n: usize, id: ClientId) -> &mut SimClient {
+        &mut self.clients[n][id.0 as usize - 1]
+    }
+
+    fn on_reply(&mut self, n: usize, id: ClientId, tag: u64, reply: Reply) -> Result<(), SimFailure> {
+        let step = self.step;
+        let Some((asked, _)) = self.client_mut(n, id).asked.remove(&tag) else {
+            return Err(self.fail(format!("node {} client {}: reply to unknown tag {tag}", n + 1, id.0)));
+        };
+        self.log(format!("n{} c{} reply {asked:?} -> {reply:?}", n + 1, id.0));
+        let _ = step;
+        match (asked, reply) {
+            (Asked::Lock { d, r, mode }, Reply::LockAccepted { lock }) => {
+                self.client_mut(n, id).locks.insert(
+                    lock,
+                    CLock {
+                        d,
+                        r,
+                        granted: None,
+                        pending: Some(mode),
+                    },
+                );
+            }
+            (Asked::Convert { lock, mode }, Reply::Ok) => {
+                if let Some(l) = self.client_mut(n, id).locks.get_mut(&lock) {
+                    l.pending = Some(mode);
+                }
+            }
+            (Asked::Unlock { lock }, Reply::Ok) => {
+                self.client_mut(n, id).locks.remove(&lock);
+            }
+            (Asked::LvbSet { lock, value }, Reply::Ok) => {
+                let l = self.clients[n][id.0 as usize - 1].locks[&lock].clone();
+                if !l.granted.is_some_and(|g| g.can_write_lvb()) {
+                    return Err(self.fail(format!("LVB written through {l:?}")));
+                }
+                self.lvb_last.insert((l.d, l.r), value);
+                self.lvb_seen.entry((l.d, l.r)).or_default().insert(value);
+            }
+            (Asked::LvbGet { lock }, Reply::Lvb { value, .. }) => {
+                let l = self.clients[n][id.0 as usize - 1].locks[&lock].clone();
+                let g = l.granted.expect("read through a granted lock");
+                let last = self.lvb_last.get(&(l.d, l.r)).copied().unwrap_or([0; LVB_LEN]);
+                if matches!(g, Mode::PR | Mode::PW | Mode::EX) {
+                    if value != last {
+                        return Err(self.fail(format!(
+                            "node {} client {} read d{}/r{} under {g}: {:?}, but the last value written is {:?}",
+                            n + 1,
+                            id.0,
+                            l.d,
+                            l.r,
+                            &value[..8],
+                            &last[..8]
+                        )));
+                    }
+                } else if value != [0; LVB_LEN]
+                    && !self.lvb_seen.get(&(l.d, l.r)).is_some_and(|s| s.contains(&value))
+                {
+                    return Err(self.fail(format!("read a value never written: {:?}", &value[..8])));
+                }
+            }
+            (Asked::Cancel, Reply::Ok | Reply::Err(_)) => {}
+            (Asked::Join { .. }, Reply::Ok) => {}
+            (Asked::Leave { d, force }, Reply::Ok) => {
+                if force {
+                    // Every client of the node stopped using it.
+                    for c in &mut self.clients[n] {
+                        c.joined.remove(&d);
+                    }
+                } else {
+                    self.client_mut(n, id).joined.remove(&d);
+                }
+            }
+            (asked, reply) => {
+                return Err(self.fail(format!(
+                    "node {} client {}: unexpected reply {reply:?} to {asked:?}",
+                    n + 1,
+                    id.0
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, n: usize, id: ClientId, event: Event) -> Result<(), SimFailure> {
+        self.log(format!("n{} c{} event {event:?}", n + 1, id.0));
+        match event {
+            Event::Granted { lock, mode } => {
+                self.out.grants += 1;
+                let Some(l) = self.client_mut(n, id).locks.get_mut(&lock) else {
+                    return Err(self.fail(format!("grant of unknown lock {lock}")));
+                };
+                if l.pending != Some(mode) {
+                    let asked = l.pending;
+                    return Err(self.fail(format!("granted {mode} but asked {asked:?}")));
+                }
+                l.granted = Some(mode);
+                l.pending = None;
+                let (d, r) = (l.d, l.r);
+                self.check_resource(d, r)?;
+            }
+            Event::Failed { lock, .. } => {
+                let c = self.client_mut(n, id);
+                if let Some(l) = c.locks.get_mut(&lock) {
+                    l.pending = None;
+                    if l.granted.is_none() {
+                        c.locks.remove(&lock);
+                    }
+                }
+            }
+            Event::Lost { lock, .. } => {
+                self.client_mut(n, id).locks.remove(&lock);
+            }
+            Event::Waiting { .. } | Event::Bast { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// No two clients hold incompatible modes on `d/r`, anywhere.
+    fn check_resource(&self, d: usize, r: usize) -> Result<(), SimFailure> {
+        let mut held: Vec<(usize, u64, Mode)> = Vec::new();
+        for (n, cs) in self.clients.iter().enumerate() {
+            for c in cs {
+                for l in c.locks.values() {
+                    if l.d == d && l.r == r {
+                        if let Some(g) = l.granted {
+                            for &(n2, c2, g2) in &held {
+                                if !g.compatible(g2) {
+                                    return Err(self.fail(format!(
+                                        "d{d}/r{r}: node {} client {} holds {g} while node {} client {} holds {g2}",
+                                        n + 1,
+                                        c.id.0,
+                                        n2 + 1,
+                                        c2
+                                    )));
+                                }
+                            }
+                            held.push((n, c.id.0, g));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Node locks are compatible across nodes (those not changing mode: a
+    /// node asking for a conversion may have been granted it already) and
+    /// cover the local holders, both in the mode held and in the mode asked
+    /// for; value blocks of domains that emptied are forgotten.
+    fn check_nodes(&mut self) -> Result<(), SimFailure> {
+        type Key = (Vec<u8>, Vec<u8>);
+        let mut by_res: BTreeMap<Key, Vec<(usize, Option<Mode>, Option<Mode>)>> = BTreeMap::new();
+        for (n, dlm) in self.dlms.iter().enumerate() {
+            dlm.for_each_node_lock(|d, r, m, p| {
+                by_res.entry((d.to_vec(), r.to_vec())).or_default().push((n, m, p));
+            });
+        }
+        // Log node lock changes (the trace shows no loopback messages).
+        let flat: BTreeMap<(usize, Vec<u8>, Vec<u8>), (Option<Mode>, Option<Mode>)> = by_res
+            .iter()
+            .flat_map(|((d, r), v)| v.iter().map(move |&(n, m, p)| ((n, d.clone(), r.clone()), (m, p))))
+            .collect();
+        if flat != self.node_locks {
+            let keys: BTreeSet<&(usize, Vec<u8>, Vec<u8>)> =
+                flat.keys().chain(self.node_locks.keys()).collect();
+            let mut changes = Vec::new();
+            for k in keys {
+                let (a, b) = (self.node_locks.get(k), flat.get(k));
+                if a != b {
+                    changes.push(format!(
+                        "node {} {}/{} node lock (held, asked) {a:?} -> {b:?}",
+                        k.0 + 1,
+                        String::from_utf8_lossy(&k.1),
+                        String::from_utf8_lossy(&k.2)
+                    ));
+                }
+            }
+            for c in changes {
+                self.log(c);
+            }
+            self.node_locks = flat;
+        }
+        for ((d, r), v) in &by_res {
+            let settled: Vec<(usize, Mode)> = v
+                .iter()
+                .filter(|x| x.2.is_none())
+                .filter_map(|x| x.1.map(|m| (x.0, m)))
+                .collect();
+            for (i, &(n1, m1)) in settled.iter().enumerate() {
+                for &(n2, m2) in &settled[i + 1..] {
+                    if !m1.compatible(m2) {
+                        return Err(self.fail(format!(
+                            "{}/{}: node {} holds node lock {m1} while node {} holds {m2}",
+                            String::from_utf8_lossy(d),
+                            String::from_utf8_lossy(r),
+                            n1 + 1,
+                            n2 + 1
+                        )));
+                    }
+                }
+            }
+        }
+        for (n, cs) in self.clients.iter().enumerate() {
+            for c in cs {
+                for l in c.locks.values() {
+                    let Some(g) = l.granted else { continue };
+                    let key = (dname(l.d), rname(l.r));
+                    let node = by_res
+                        .get(&key)
+                        .and_then(|v| v.iter().find(|x| x.0 == n))
+                        .map(|x| (x.1, x.2));
+                    let covered = node.is_some_and(|(m, p)| {
+                        m.is_some_and(|m| crate::dlm::covers(m, g))
+                            && p.is_none_or(|p| crate::dlm::covers(p, g))
+                    });
+                    if !covered {
+                        return Err(self.fail(format!(
+                            "d{}/r{}: node {} client {} holds {g} under node lock (held, asked) {node:?}",
+                            l.d,
+                            l.r,
+                            n + 1,
+                            c.id.0
+                        )));
+                    }
+                }
+            }
+        }
+        for d in 0..self.cfg.domains {
+            let name = dname(d);
+            let empty = self.dlms.iter().all(|dlm| {
+                let (member, changing) = dlm.membership(&name);
+                !member && !changing
+            });
+            if empty {
+                for r in 0..self.cfg.resources {
+                    self.lvb_last.remove(&(d, r));
+                    self.lvb_seen.remove(&(d, r));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests must be answered at once, except joins and forced leaves.
+    fn check_answered(&self) -> Result<(), SimFailure> {
+        for (n, cs) in self.clients.iter().enumerate() {
+            for c in cs {
+                for (tag, (asked, _)) in &c.asked {
+                    if !matches!(asked, Asked::Join { .. } | Asked::Leave { force: true, .. }) {
+                        return Err(self.fail(format!(
+                            "node {} client {}: request {tag} {asked:?} not answered",
+                            n + 1,
+                            c.id.0
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_node(&mut self, n: usize) -> Result<(), SimFailure> {
+        self.started[n] = true;
+        self.log(format!("node {} starts", n + 1));
+        for m in 0..self.cfg.nodes {
+            self.input(n, Input::NodeUp { node: NodeId(m as u8 + 1) })?;
+        }
+        for m in 0..self.cfg.nodes {
+            if m != n && self.started[m] {
+                self.connect(n, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
+        let key = (a.min(b), a.max(b));
+        self.up.insert(key);
+        self.reconnect.remove(&key);
+        self.log(format!("connect {} <-> {}", a + 1, b + 1));
+        self.input(a, Input::PeerUp { node: NodeId(b as u8 + 1) })?;
+        self.input(b, Input::PeerUp { node: NodeId(a as u8 + 1) })
+    }
+
+    fn disconnect(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
+        let key = (a.min(b), a.max(b));
+        self.up.remove(&key);
+        for k in [(a, b), (b, a)] {
+            let link = self.links.get_mut(&k).expect("link");
+            self.out.lost += link.queue.len() as u64;
+            link.queue.clear();
+        }
+        self.out.breaks += 1;
+        let at = self.now.after(5 + self.rng.below(100));
+        self.reconnect.insert(key, at);
+        self.log(format!("break {} <-> {}", a + 1, b + 1));
+        self.input(a, Input::PeerDown { node: NodeId(b as u8 + 1) })?;
+        self.input(b, Input::PeerDown { node: NodeId(a as u8 + 1) })
+    }
+
+    /// The earliest scheduled thing: (time, kind) where kind 0 = node start,
+    /// 1 = reconnect, 2 = message, 3 = timer.
+    fn next_scheduled(&self) -> Option<(Millis, u8, usize, usize)> {
+        let mut best: Option<(Millis, u8, usize, usize)> = None;
+        let mut consider = |c: (Millis, u8, usize, usize)| {
+            if best.is_none_or(|b| c < b) {
+                best = Some(c);
+            }
+        };
+        for (n, &t) in self.start_at.iter().enumerate() {
+            if !self.started[n] {
+                consider((t, 0, n, 0));
+            }
+        }
+        for (&(a, b), &t) in &self.reconnect {
+            if self.started[a] && self.started[b] {
+                consider((t, 1, a, b));
+            }
+        }
+        for (&(a, b), link) in &self.links {
+            if let Some(&(t, _)) = link.queue.front() {
+                consider((t, 2, a, b));
+            }
+        }
+        for (n, dlm) in self.dlms.iter().enumerate() {
+            if let Some(t) = dlm.next_deadline() {
+                if self.started[n] {
+                    consider((t.max(self.now), 3, n, 0));
+                }
+            }
+        }
+        best
+    }
+
+    fn run_scheduled(&mut self, (t, kind, a, b): (Millis, u8, usize, usize)) -> Result<(), SimFailure> {
+        self.now = self.now.max(t);
+        match kind {
+            0 => self.start_node(a),
+            1 => self.connect(a, b),
+            2 => {
+                let (_, msg) = self
+                    .links
+                    .get_mut(&(a, b))
+                    .expect("link")
+                    .queue
+                    .pop_front()
+                    .expect("message");
+                self.out.messages += 1;
+                self.log(format!("{} -> {}: {}", a + 1, b + 1, short(&msg)));
+                self.input(
+                    b,
+                    Input::Peer {
+                        from: NodeId(a as u8 + 1),
+                        msg,
+                    },
+                )
+            }
+            _ => self.input(a, Input::Tick),
+        }
+    }
+
+    fn one_step(&mut self) -> Result<(), SimFailure> {
+        let next = self.next_scheduled();
+        // Half the steps are client actions (at most 2 ms after now), the
+        // rest run what is due next.
+        let client_turn = self.rng.chance(450) || next.is_none();
+        if client_turn {
+            self.now = self.now.after(self.rng.below(3));
+            // Due work first, so time never goes back.
+            while let Some(s) = self.next_scheduled() {
+                if s.0 > self.now {
+                    break;
+                }
+                self.run_scheduled(s)?;
+            }
+            if self.rng.chance(self.cfg.break_per_mille) && !self.up.is_empty() {
+                let pairs: Vec<(usize, usize)> = self.up.iter().copied().collect();
+                let (a, b) = self.rng.pick(&pairs);
+                self.disconnect(a, b)?;
+            }
+            let n = self.rng.below(self.cfg.nodes as u64) as usize;
+            if self.started[n] {
+                let c = self.rng.below(self.cfg.clients as u64) as usize;
+                self.client_action(n, c)?;
+            }
+        } else if let Some(s) = next {
+            self.run_scheduled(s)?;
+        }
+        self.check_nodes()?;
+        self.check_answered()
+    }
+
+    fn request(&mut self, n: usize, c: usize, asked: Asked, request: Request) -> Result<(), SimFailure> {
+        self.tag += 1;
+        let tag = self.tag;
+        let id = self.clients[n][c].id;
+        let step = self.step;
+        self.clients[n][c].asked.insert(tag, (asked, step));
+        self.log(format!("n{} c{} asks {request:?}", n + 1, id.0).replace("value: [", "value: [.."));
+        self.input(
+            n,
+            Input::Request {
+                client: id,
+                tag,
+                request,
+            },
+        )
+    }
+
+    fn client_action(&mut self, n: usize, c: usize) -> Result<(), SimFailure> {
+        let id = self.clients[n][c].id;
+        if !self.clients[n][c].connected {
+            self.clients[n][c].connected = true;
+            self.log(format!("n{} c{} connects", n + 1, id.0));
+            return self.input(
+                n,
+                Input::Connected {
+                    client: id,
+                    cred: Cred {
+                        uid: 0,
+                        gid: 0,
+                        pid: (n * 100 + c) as i32 + 1,
+                    },
+                },
+            );
+        }
+        let roll = self.rng.below(100);
+        let locks: Vec<(LockId, CLock)> = self.clients[n][c]
+            .locks
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let granted: Vec<(LockId, CLock)> = locks
+            .iter()
+            .filter(|(_, l)| l.granted.is_some() && l.pending.is_none())
+            .cloned()
+            .collect();
+        let pending: Vec<LockId> = locks
+            .iter()
+            .filter(|(_, l)| l.pending.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        let modes = Mode::ALL;
+        match roll {
+            0..=29 => {
+                if locks.len() >= 3 {
+                    return Ok(());
+                }
+                let d = self.rng.below(self.cfg.domains as u64) as usize;
+                let r = self.rng.below(self.cfg.resources as u64) as usize;
+                if self.cfg.churn && !self.clients[n][c].joined.contains(&d) {
+                    self.clients[n][c].joined.insert(d);
+                    return self.request(n, c, Asked::Join { d }, Request::Join { domain: dname(d), pin: false });
+                }
+                let mode = self.weighted_mode();
+                let noqueue = self.rng.chance(250);
+                let timeout_ms = self.rng.chance(100).then(|| 1 + self.rng.below(200));
+                self.request(
+                    n,
+                    c,
+                    Asked::Lock { d, r, mode },
+                    Request::Lock(LockRequest {
+                        domain: dname(d),
+                        resource: rname(r),
+                        mode,
+                        flags: LockFlags {
+                            noqueue,
+                            persistent: false,
+                            bast_on_busy: false,
+                        },
+                        timeout_ms,
+                    }),
+                )
+            }
+            30..=51 => {
+                let Some(&(lock, _)) = granted.first().or(locks.first()) else {
+                    return Ok(());
+                };
+                let lock = if self.rng.chance(500) && !locks.is_empty() {
+                    self.rng.pick(&locks.iter().map(|l| l.0).collect::<Vec<_>>())
+                } else {
+                    lock
+                };
+                self.request(n, c, Asked::Unlock { lock }, Request::Unlock { lock })
+            }
+            52..=64 => {
+                if granted.is_empty() {
+                    return Ok(());
+                }
+                let (lock, _) = granted[self.rng.below(granted.len() as u64) as usize].clone();
+                let mode = self.rng.pick(&modes);
+                let noqueue = self.rng.chance(250);
+                let timeout_ms = self.rng.chance(150).then(|| 1 + self.rng.below(200));
+                self.request(
+                    n,
+                    c,
+                    Asked::Convert { lock, mode },
+                    Request::Convert {
+                        lock,
+                        mode,
+                        noqueue,
+                        bast_on_busy: false,
+                        timeout_ms,
+                    },
+                )
+            }
+            65..=72 => {
+                let readable: Vec<LockId> = granted
+                    .iter()
+                    .filter(|(_, l)| l.granted.is_some_and(|g| g.can_read_lvb()))
+                    .map(|(k, _)| *k)
+                    .collect();
+                if readable.is_empty() {
+                    return Ok(());
+                }
+                let lock = self.rng.pick(&readable);
+                self.request(n, c, Asked::LvbGet { lock }, Request::LvbGet { lock })
+            }
+            73..=79 => {
+                let writable: Vec<LockId> = granted
+                    .iter()
+                    .filter(|(_, l)| l.granted.is_some_and(|g| g.can_write_lvb()))
+                    .map(|(k, _)| *k)
+                    .collect();
+                if writable.is_empty() {
+                    return Ok(());
+                }
+                let lock = self.rng.pick(&writable);
+                let mut value = [0u8; LVB_LEN];
+                value[..8].copy_from_slice(&self.next_value.to_le_bytes());
+                value[8..16].copy_from_slice(&self.seed.to_le_bytes());
+                self.next_value += 1;
+                self.request(n, c, Asked::LvbSet { lock, value }, Request::LvbSet { lock, value })
+            }
+            80..=83 => {
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                let lock = self.rng.pick(&pending);
+                self.request(n, c, Asked::Cancel, Request::Cancel { lock })
+            }
+            84..=90 => {
+                // Stop using a domain (a node leaves it when nothing uses it).
+                let joined: Vec<usize> = self.clients[n][c].joined.iter().copied().collect();
+                if joined.is_empty() || !self.cfg.churn {
+                    return Ok(());
+                }
+                let d = self.rng.pick(&joined);
+                if locks.iter().any(|(_, l)| l.d == d) {
+                    return Ok(());
+                }
+                let waiting_join = self.clients[n][c]
+                    .asked
+                    .values()
+                    .any(|(a, _)| matches!(a, Asked::Join { d: x } if *x == d));
+                if waiting_join {
+                    return Ok(());
+                }
+                self.request(n, c, Asked::Leave { d, force: false }, Request::Leave { domain: dname(d), force: false })
+            }
+            91..=92 => {
+                if !self.rng.chance(300) {
+                    return Ok(());
+                }
+                let d = self.rng.below(self.cfg.domains as u64) as usize;
+                let exists = self.dlms[n].domains().iter().any(|i| i.name == dname(d));
+                if !exists {
+                    return Ok(());
+                }
+                let busy = self.clients[n].iter().any(|cl| {
+                    cl.asked.values().any(|(a, _)| {
+                        matches!(a, Asked::Join { d: x } | Asked::Leave { d: x, .. } if *x == d)
+                    })
+                });
+                if busy {
+                    return Ok(());
+                }
+                self.request(n, c, Asked::Leave { d, force: true }, Request::Leave { domain: dname(d), force: true })
+            }
+            93..=94 => {
+                // The client process exits: its locks go.
+                if !self.rng.chance(300) {
+                    return Ok(());
+                }
+                if !self.clients[n][c].asked.is_empty() {
+                    return Ok(());
+                }
+                self.log(format!("n{} c{} disconnects", n + 1, id.0));
+                let cl = &mut self.clients[n][c];
+                cl.connected = false;
+                cl.locks.clear();
+                cl.joined.clear();
+                self.input(n, Input::Disconnected { client: id })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn weighted_mode(&mut self) -> Mode {
+        match self.rng.below(10) {
+            0..=3 => Mode::EX,
+            4..=5 => Mode::PR,
+            6 => Mode::PW,
+            7 => Mode::CR,
+            8 => Mode::CW,
+            _ => Mode::NL,
+        }
+    }
+
+    /// Heals the network, stops new work, releases what is held; every
+    /// request must end within the bound.
+    fn drain(&mut self) -> Result<(), SimFailure> {
+        self.draining = true;
+        self.step = self.cfg.steps;
+        self.log("drain".into());
+        for n in 0..self.cfg.nodes {
+            if !self.started[n] {
+                self.start_node(n)?;
+            }
+        }
+        let pairs: Vec<(usize, usize)> = self.reconnect.keys().copied().collect();
+        for (a, b) in pairs {
+            self.connect(a, b)?;
+        }
+        let limit = self.now.after(120_000);
+        loop {
+            self.step += 1;
+            // Release everything granted (a waiter behind it is then served).
+            let mut released = false;
+            for n in 0..self.cfg.nodes {
+                for c in 0..self.cfg.clients {
+                    let idle = self.clients[n][c].asked.values().all(|(a, _)| {
+                        matches!(a, Asked::Join { .. } | Asked::Leave { force: true, .. })
+                    });
+                    if !idle {
+                        continue;
+                    }
+                    let held: Vec<LockId> = self.clients[n][c]
+                        .locks
+                        .iter()
+                        .filter(|(_, l)| l.granted.is_some() && l.pending.is_none())
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for lock in held {
+                        released = true;
+                        self.request(n, c, Asked::Unlock { lock }, Request::Unlock { lock })?;
+                    }
+                }
+            }
+            self.check_nodes()?;
+            self.check_answered()?;
+            let outstanding = self
+                .clients
+                .iter()
+                .flatten()
+                .any(|c| !c.asked.is_empty() || !c.locks.is_empty());
+            if released {
+                continue;
+            }
+            let Some(s) = self.next_scheduled() else {
+                if outstanding {
+                    return Err(self.fail(self.stuck()));
+                }
+                break;
+            };
+            if !outstanding {
+                // Only background work left (cached locks, timers): done
+                // once no message is in flight.
+                if self.links.values().all(|l| l.queue.is_empty()) {
+                    break;
+                }
+            }
+            if s.0 > limit {
+                return Err(self.fail(self.stuck()));
+            }
+            self.run_scheduled(s)?;
+        }
+        for dlm in &self.dlms {
+            for v in dlm.cluster_domains() {
+                self.out.joins += v.epoch;
+            }
+        }
+        Ok(())
+    }
+
+    fn stuck(&self) -> String {
+        let mut s = String::from("requests never answered after the network healed:");
+        for (n, cs) in self.clients.iter().enumerate() {
+            for c in cs {
+                for (tag, (a, step)) in &c.asked {
+                    let _ = write!(s, "\n  node {} client {} tag {tag} (step {step}): {a:?}", n + 1, c.id.0);
+                }
+                for (id, l) in &c.locks {
+                    let _ = write!(s, "\n  node {} client {} lock {id}: {l:?}", n + 1, c.id.0);
+                }
+            }
+        }
+        for (n, dlm) in self.dlms.iter().enumerate() {
+            for r in dlm.resources(None) {
+                let _ = write!(
+                    s,
+                    "\n  node {} sees {}/{}: master {} node lock {:?} nodes {:?} granted {} conv {} wait {}",
+                    n + 1,
+                    String::from_utf8_lossy(&r.domain),
+                    String::from_utf8_lossy(&r.name),
+                    r.master.0,
+                    r.node_lock,
+                    r.nodes
+                        .iter()
+                        .map(|h| (h.node.0, h.granted, h.requested))
+                        .collect::<Vec<_>>(),
+                    r.granted.len(),
+                    r.converting.len(),
+                    r.waiting.len()
+                );
+            }
+            for d in 0..self.cfg.domains {
+                let _ = write!(
+                    s,
+                    "\n  node {} d{d}: {}",
+                    n + 1,
+                    dlm.membership_debug(&dname(d))
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Runs one seed with the suite's configuration.
+pub fn run_seed(seed: u64, steps: usize) -> Result<Outcome, SimFailure> {
+    Sim::new(seed, Config::for_seed(seed, steps)).run()
+}

@@ -1,0 +1,69 @@
+//! The deterministic cluster simulation: many seeds of random traffic over
+//! a lossy network, with the lock invariants checked after every step (see
+//! `o2tools::sim`).
+//!
+//! `O2TOOLS_SIM_SEEDS=N` runs N seeds (default 2000); `O2TOOLS_SIM_SEED=S`
+//! replays one seed; `O2TOOLS_SIM_STEPS` changes the steps per seed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn simulated_clusters_keep_the_lock_invariants() {
+    let steps = env_u64("O2TOOLS_SIM_STEPS").unwrap_or(1500) as usize;
+    if let Some(seed) = env_u64("O2TOOLS_SIM_SEED") {
+        match o2tools::sim::run_seed(seed, steps) {
+            Ok(o) => eprintln!("seed {seed}: {o:?}"),
+            Err(f) => panic!("{f}"),
+        }
+        return;
+    }
+    let seeds = env_u64("O2TOOLS_SIM_SEEDS").unwrap_or(2000);
+    let next = AtomicU64::new(0);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= seeds {
+                    break;
+                }
+                match o2tools::sim::run_seed(seed, steps) {
+                    Ok(o) => {
+                        let mut t = totals.lock().unwrap();
+                        t.0 += o.messages;
+                        t.1 += o.grants;
+                        t.2 += o.breaks;
+                        t.3 += o.joins;
+                    }
+                    Err(f) => {
+                        let mut v = failures.lock().unwrap();
+                        if v.len() < 3 {
+                            v.push(f.to_string());
+                        } else {
+                            v.push(format!("seed {} failed: {}", f.seed, f.what.lines().next().unwrap_or("")));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let t = totals.into_inner().unwrap();
+    eprintln!(
+        "{seeds} seeds x {steps} steps: {} messages, {} grants, {} broken connections, {} membership epochs",
+        t.0, t.1, t.2, t.3
+    );
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

@@ -62,6 +62,8 @@ pub struct ReportEntry {
     pub want: Option<Mode>,
     /// The pending request is a trylock.
     pub noqueue: bool,
+    /// The pending request's number (echoed by the grant that answers it).
+    pub seq: u64,
     /// A process behind the node lock (for "busy" messages).
     pub pid: i32,
     /// The node's copy of the LVB (held, or written back and not yet stored).
@@ -106,7 +108,7 @@ pub enum PeerMsg {
     Cancel {
         /// The domain.
         domain: Vec<u8>,
-        /// The request.
+        /// The request (0: whichever request of the sender was approved).
         req: u64,
     },
     /// The membership changes: stop granting, report to the new masters.
@@ -159,6 +161,10 @@ pub enum PeerMsg {
         want: Mode,
         /// Trylock.
         noqueue: bool,
+        /// The request's number, per node and resource, increasing: the
+        /// answer carries it, so that a repeated answer to an older request
+        /// is never taken for the answer to a newer one.
+        seq: u64,
         /// A process behind it.
         pid: i32,
         /// LVB written back when coming down from PW/EX.
@@ -185,6 +191,8 @@ pub enum PeerMsg {
         resource: Vec<u8>,
         /// The mode granted.
         mode: Mode,
+        /// The number of the request granted.
+        seq: u64,
         /// The resource's LVB.
         lvb: LvbCopy,
     },
@@ -198,6 +206,8 @@ pub enum PeerMsg {
         resource: Vec<u8>,
         /// The mode that was wanted.
         want: Mode,
+        /// The number of the request refused.
+        seq: u64,
         /// Why.
         failure: NodeFailure,
     },
@@ -364,9 +374,6 @@ pub(super) struct DomainCluster {
     pub leave_waiters: Vec<(super::ClientId, u64)>,
     /// Ready was sent for this change: (epoch, initiator).
     pub ready_to: Option<(u64, NodeId)>,
-    /// This node's last completed change: (request, approvers), to send
-    /// Done again after a reconnection.
-    pub done: Option<(u64, u64, BTreeSet<NodeId>)>,
     /// Refused attempts in a row (backoff).
     pub attempts: u32,
     /// The reports this node sent for the last change: sent again after a
@@ -438,6 +445,8 @@ pub(super) struct NodeLock {
     pub mode: Option<Mode>,
     /// A request sent to the master and not answered: (mode, trylock).
     pub pending: Option<(Mode, bool)>,
+    /// The number of the last request sent (the pending one, if any).
+    pub seq: u64,
     /// Modes the master said other nodes wait for.
     pub blocked: u8,
     /// The LVB copy has been written since it came from the master.
@@ -465,6 +474,8 @@ pub(super) struct NLock {
     pub probing: BTreeSet<NodeId>,
     pub basted: u8,
     pub pid: i32,
+    /// The number of the node's latest request.
+    pub seq: u64,
 }
 
 /// A resource this node masters.
@@ -539,16 +550,28 @@ impl MasterRes {
 /// What the master must send after a change to one of its resources.
 #[derive(Debug)]
 pub(super) enum MasterOut {
-    Grant(NodeId, Mode),
-    Failed(NodeId, Mode, NodeFailure),
+    /// Node, mode, request number.
+    Grant(NodeId, Mode, u64),
+    /// Node, mode wanted, why, request number.
+    Failed(NodeId, Mode, NodeFailure, u64),
+    /// Node, blocked mode, probe.
     Bast(NodeId, Mode, bool),
 }
 
 impl MasterRes {
     /// A node asks for `want` (new lock, or conversion up or down).
-    pub fn request(&mut self, n: NodeId, want: Mode, noqueue: bool, pid: i32, out: &mut Vec<MasterOut>) {
+    pub fn request(
+        &mut self,
+        n: NodeId,
+        want: Mode,
+        noqueue: bool,
+        pid: i32,
+        seq: u64,
+        out: &mut Vec<MasterOut>,
+    ) {
         if let Some(l) = self.locks.get_mut(&n) {
             l.pid = pid;
+            l.seq = seq;
             if l.granted == Some(want) {
                 // A repeat: the grant was lost or is in flight; say it again.
                 if l.requested.is_some() {
@@ -559,7 +582,7 @@ impl MasterRes {
                         self.granted.push(n);
                     }
                 }
-                out.push(MasterOut::Grant(n, want));
+                out.push(MasterOut::Grant(n, want, seq));
                 self.pump(out);
                 return;
             }
@@ -580,6 +603,7 @@ impl MasterRes {
                         probing: BTreeSet::new(),
                         basted: 0,
                         pid,
+                        seq,
                     },
                 );
                 let free = self.converting.is_empty()
@@ -588,7 +612,7 @@ impl MasterRes {
                 if free {
                     self.waiting.push(n);
                     self.place_granted(n, want);
-                    out.push(MasterOut::Grant(n, want));
+                    out.push(MasterOut::Grant(n, want, seq));
                 } else if noqueue {
                     self.try_probe(n, want, out);
                 } else {
@@ -606,9 +630,11 @@ impl MasterRes {
                     self.place_granted(n, want);
                     // A down-conversion is done by the node when it sends
                     // it: no answer (one could be taken for the answer to
-                    // a later request).
-                    if !covers(held, want) {
-                        out.push(MasterOut::Grant(n, want));
+                    // a later request). It answers the probes it satisfies.
+                    if covers(held, want) {
+                        self.probe_answered(n, Some(want));
+                    } else {
+                        out.push(MasterOut::Grant(n, want, seq));
                     }
                 } else {
                     let dead: Vec<(NodeId, Mode, i32)> = self
@@ -623,7 +649,7 @@ impl MasterRes {
                         let l = self.locks.get_mut(&n).expect("held");
                         l.requested = None;
                         l.noqueue = false;
-                        out.push(MasterOut::Failed(n, want, NodeFailure::Deadlock(dead)));
+                        out.push(MasterOut::Failed(n, want, NodeFailure::Deadlock(dead), seq));
                     } else if noqueue {
                         self.granted.retain(|&x| x != n);
                         self.converting.push(n);
@@ -668,6 +694,7 @@ impl MasterRes {
 
     fn fail_try(&mut self, n: NodeId, want: Mode, blockers: Vec<(NodeId, Mode, i32)>, out: &mut Vec<MasterOut>) {
         let l = self.locks.get_mut(&n).expect("trylock");
+        let seq = l.seq;
         if l.granted.is_some() {
             l.requested = None;
             l.noqueue = false;
@@ -679,7 +706,7 @@ impl MasterRes {
         } else {
             self.remove(n);
         }
-        out.push(MasterOut::Failed(n, want, NodeFailure::Busy(blockers)));
+        out.push(MasterOut::Failed(n, want, NodeFailure::Busy(blockers), seq));
     }
 
     /// A probed holder cannot come down: the trylocks probing it fail.
@@ -701,7 +728,20 @@ impl MasterRes {
     /// A node gives its lock back.
     pub fn unlock(&mut self, n: NodeId, out: &mut Vec<MasterOut>) {
         self.remove(n);
+        self.probe_answered(n, None);
         self.pump(out);
+    }
+
+    /// Node `n` came down to `now`: the probes of trylocks that `now` no
+    /// longer blocks are answered.
+    fn probe_answered(&mut self, n: NodeId, now: Option<Mode>) {
+        for l in self.locks.values_mut() {
+            if let Some(w) = l.requested {
+                if now.is_none_or(|m| m.compatible(w)) {
+                    l.probing.remove(&n);
+                }
+            }
+        }
     }
 
     /// Serves the queues in order, then tells the holders that block what waits.
@@ -718,22 +758,16 @@ impl MasterRes {
             };
             let Some((n, want)) = next else { break };
             self.place_granted(n, want);
-            out.push(MasterOut::Grant(n, want));
+            out.push(MasterOut::Grant(n, want, self.locks[&n].seq));
         }
-        // A trylock whose probed holders all came down and that still cannot
-        // be granted (someone else got in first) fails now.
+        // A trylock whose probed holders all answered and that still cannot
+        // be granted (someone else got in first, or a holder went up
+        // again) fails now.
         let stuck: Vec<NodeId> = self
             .locks
             .iter()
-            .filter(|(_, l)| l.noqueue && l.requested.is_some())
-            .filter(|(n, l)| {
-                l.probing.iter().all(|p| {
-                    self.locks
-                        .get(p)
-                        .and_then(|pl| pl.granted)
-                        .is_none_or(|g| g.compatible(l.requested.expect("filtered")))
-                }) && !self.compatible_with_others(**n, l.requested.expect("filtered"))
-            })
+            .filter(|(_, l)| l.noqueue && l.requested.is_some() && l.probing.is_empty())
+            .filter(|(n, l)| !self.compatible_with_others(**n, l.requested.expect("filtered")))
             .map(|(&n, _)| n)
             .collect();
         for n in stuck {
@@ -774,6 +808,7 @@ impl MasterRes {
         granted: Option<Mode>,
         want: Option<(Mode, bool)>,
         pid: i32,
+        seq: u64,
         out: &mut Vec<MasterOut>,
     ) {
         self.forget_basts(n);
@@ -782,9 +817,10 @@ impl MasterRes {
             // The grant was lost on the way: say it again.
             (Some((Some(g), _)), Some((w, _))) if g == w => {
                 self.place_granted(n, w);
-                out.push(MasterOut::Grant(n, w));
+                self.locks.get_mut(&n).expect("placed").seq = seq;
+                out.push(MasterOut::Grant(n, w, seq));
             }
-            // Nothing was lost.
+            // Nothing was lost on its side.
             (Some((g, r)), w) if g == granted && r == w.map(|w| w.0) => {}
             (None, None) if granted.is_none() => {}
             _ => {
@@ -801,14 +837,29 @@ impl MasterRes {
                             probing: BTreeSet::new(),
                             basted: 0,
                             pid,
+                            seq,
                         },
                     );
                     self.granted.push(n);
                 }
                 if let Some((w, noqueue)) = want {
-                    self.request(n, w, noqueue, pid, out);
-                    return;
+                    self.request(n, w, noqueue, pid, seq, out);
                 }
+            }
+        }
+        // Probes sent to it may have been lost: ask again.
+        let held = self.locks.get(&n).and_then(|l| l.granted);
+        let probes: Vec<Mode> = self
+            .locks
+            .values()
+            .filter(|l| l.probing.contains(&n))
+            .filter_map(|l| l.requested)
+            .collect();
+        for w in probes {
+            if held.is_some_and(|g| !g.compatible(w)) {
+                out.push(MasterOut::Bast(n, w, true));
+            } else {
+                self.probe_answered(n, held);
             }
         }
         self.pump(out);
@@ -827,6 +878,7 @@ impl MasterRes {
                     probing: BTreeSet::new(),
                     basted: 0,
                     pid,
+                    seq: 0,
                 },
             );
             self.granted.push(n);
@@ -980,34 +1032,34 @@ mod tests {
     fn master_queue_rules() {
         let mut m = MasterRes::new();
         let mut out = Vec::new();
-        m.request(NodeId(1), Mode::EX, false, 11, &mut out);
-        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(1), Mode::EX)]));
+        m.request(NodeId(1), Mode::EX, false, 11, 0, &mut out);
+        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(1), Mode::EX, _)]));
         out.clear();
-        m.request(NodeId(2), Mode::PR, false, 22, &mut out);
+        m.request(NodeId(2), Mode::PR, false, 22, 0, &mut out);
         assert!(matches!(&out[..], [MasterOut::Bast(NodeId(1), Mode::PR, false)]));
         out.clear();
         // A repeat changes nothing.
-        m.request(NodeId(2), Mode::PR, false, 22, &mut out);
+        m.request(NodeId(2), Mode::PR, false, 22, 0, &mut out);
         assert!(out.is_empty());
         // The holder comes down to NL (no answer): the PR waiter is granted.
-        m.request(NodeId(1), Mode::NL, false, 11, &mut out);
-        assert!(!out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(1), _))));
-        assert!(out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(2), Mode::PR))));
+        m.request(NodeId(1), Mode::NL, false, 11, 0, &mut out);
+        assert!(!out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(1), _, _))));
+        assert!(out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(2), Mode::PR, _))));
         out.clear();
         // A trylock for EX blocked by node 2's PR probes node 2.
-        m.request(NodeId(3), Mode::EX, true, 33, &mut out);
+        m.request(NodeId(3), Mode::EX, true, 33, 0, &mut out);
         assert!(matches!(&out[..], [MasterOut::Bast(NodeId(2), Mode::EX, true)]), "{out:?}");
         out.clear();
         m.probe_busy(NodeId(2), &mut out);
-        assert!(matches!(&out[..], [MasterOut::Failed(NodeId(3), Mode::EX, NodeFailure::Busy(_))]), "{out:?}");
+        assert!(matches!(&out[..], [MasterOut::Failed(NodeId(3), Mode::EX, NodeFailure::Busy(_), _)]), "{out:?}");
         assert!(!m.locks.contains_key(&NodeId(3)));
         out.clear();
         // Probe again; this time node 2 unlocks and node 3 is granted.
-        m.request(NodeId(3), Mode::EX, true, 33, &mut out);
+        m.request(NodeId(3), Mode::EX, true, 33, 0, &mut out);
         out.clear();
         m.unlock(NodeId(2), &mut out);
         // Node 1 still holds NL, which is compatible with EX: node 3 is granted.
-        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(3), Mode::EX)]), "{out:?}");
+        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(3), Mode::EX, _)]), "{out:?}");
         assert!(m.locks.get(&NodeId(3)).is_some_and(|l| l.granted == Some(Mode::EX)));
     }
 
@@ -1015,13 +1067,13 @@ mod tests {
     fn master_conversion_deadlock() {
         let mut m = MasterRes::new();
         let mut out = Vec::new();
-        m.request(NodeId(1), Mode::PR, false, 1, &mut out);
-        m.request(NodeId(2), Mode::PR, false, 2, &mut out);
+        m.request(NodeId(1), Mode::PR, false, 1, 0, &mut out);
+        m.request(NodeId(2), Mode::PR, false, 2, 0, &mut out);
         out.clear();
-        m.request(NodeId(1), Mode::EX, false, 1, &mut out);
+        m.request(NodeId(1), Mode::EX, false, 1, 0, &mut out);
         assert!(out.iter().all(|o| !matches!(o, MasterOut::Grant(..))));
         out.clear();
-        m.request(NodeId(2), Mode::EX, false, 2, &mut out);
-        assert!(out.iter().any(|o| matches!(o, MasterOut::Failed(NodeId(2), Mode::EX, NodeFailure::Deadlock(_)))), "{out:?}");
+        m.request(NodeId(2), Mode::EX, false, 2, 0, &mut out);
+        assert!(out.iter().any(|o| matches!(o, MasterOut::Failed(NodeId(2), Mode::EX, NodeFailure::Deadlock(_), _))), "{out:?}");
     }
 }

@@ -310,12 +310,15 @@ impl Dlm {
         let node = self.node_lock_mut(d, r);
         node.pending = Some((target, noqueue));
         node.pid = pid;
+        node.seq += 1;
+        let seq = node.seq;
         let msg = PeerMsg::Lock {
             domain: d.to_vec(),
             epoch: self.dc(d).expect("running").m.epoch,
             resource: r.to_vec(),
             want: target,
             noqueue,
+            seq,
             pid,
             lvb: None,
         };
@@ -371,6 +374,8 @@ impl Dlm {
             .filter(|&b| to.is_none_or(|t| t.compatible(b)))
             .fold(0, |acc, b| acc | b.bit());
         let pid = node.pid;
+        node.seq += 1;
+        let seq = node.seq;
         let msg = match to {
             None => PeerMsg::Unlock {
                 domain: d.to_vec(),
@@ -384,6 +389,7 @@ impl Dlm {
                 resource: r.to_vec(),
                 want,
                 noqueue: false,
+                seq,
                 pid,
                 lvb,
             },
@@ -468,6 +474,7 @@ impl Dlm {
                 resource,
                 want,
                 noqueue,
+                seq,
                 pid,
                 lvb,
                 ..
@@ -476,7 +483,7 @@ impl Dlm {
                 let Some(m) = self.mastered(&d, &resource, from, lvb) else {
                     return;
                 };
-                m.request(from, want, noqueue, pid, &mut out);
+                m.request(from, want, noqueue, pid, seq, &mut out);
                 self.master_out(&d, &resource, out);
             }
             PeerMsg::Unlock { resource, lvb, .. } => {
@@ -499,15 +506,17 @@ impl Dlm {
             PeerMsg::Grant {
                 resource,
                 mode,
+                seq,
                 lvb,
                 ..
-            } => self.on_grant(&d, &resource, mode, &lvb),
+            } => self.on_grant(&d, &resource, mode, seq, &lvb),
             PeerMsg::Failed {
                 resource,
                 want,
+                seq,
                 failure,
                 ..
-            } => self.on_failed(&d, &resource, want, failure),
+            } => self.on_failed(&d, &resource, want, seq, failure),
             PeerMsg::Bast {
                 resource,
                 mode,
@@ -577,7 +586,7 @@ impl Dlm {
         let epoch = self.dc(d).expect("member").m.epoch;
         for o in out {
             match o {
-                MasterOut::Grant(n, mode) => {
+                MasterOut::Grant(n, mode, seq) => {
                     let lvb = self.dc(d).expect("member").mastered[r].lvb.clone();
                     self.send(
                         n,
@@ -586,17 +595,19 @@ impl Dlm {
                             epoch,
                             resource: r.to_vec(),
                             mode,
+                            seq,
                             lvb,
                         },
                     );
                 }
-                MasterOut::Failed(n, want, failure) => self.send(
+                MasterOut::Failed(n, want, failure, seq) => self.send(
                     n,
                     PeerMsg::Failed {
                         domain: d.to_vec(),
                         epoch,
                         resource: r.to_vec(),
                         want,
+                        seq,
                         failure,
                     },
                 ),
@@ -636,7 +647,7 @@ impl Dlm {
         for r in stale {
             let mut out = Vec::new();
             let m = self.dc_mut(d).mastered.get_mut(&r).expect("listed");
-            m.resync(from, None, None, 0, &mut out);
+            m.resync(from, None, None, 0, 0, &mut out);
             self.master_out(d, &r, out);
         }
         for e in entries {
@@ -644,12 +655,12 @@ impl Dlm {
             let Some(m) = self.mastered(d, &e.resource, from, e.lvb) else {
                 continue;
             };
-            m.resync(from, e.granted, e.want.map(|w| (w, e.noqueue)), e.pid, &mut out);
+            m.resync(from, e.granted, e.want.map(|w| (w, e.noqueue)), e.pid, e.seq, &mut out);
             self.master_out(d, &e.resource, out);
         }
     }
 
-    fn on_grant(&mut self, d: &[u8], r: &[u8], mode: Mode, lvb: &LvbCopy) {
+    fn on_grant(&mut self, d: &[u8], r: &[u8], mode: Mode, seq: u64, lvb: &LvbCopy) {
         let epoch = self.dc(d).expect("member").m.epoch;
         let Some(res) = self
             .domains
@@ -671,8 +682,9 @@ impl Dlm {
         };
         let node = res.node.get_or_insert_with(Default::default);
         match node.pending {
-            Some((w, _)) if w == mode => node.pending = None,
-            // Not what this node asks for (a repeat after a reconnection).
+            Some((w, _)) if w == mode && node.seq == seq => node.pending = None,
+            // Not the answer to the request pending (a repeat after a
+            // reconnection, answering an older request).
             _ => return,
         }
         node.mode = Some(mode);
@@ -683,7 +695,7 @@ impl Dlm {
         self.maybe_free(d, r);
     }
 
-    fn on_failed(&mut self, d: &[u8], r: &[u8], want: Mode, failure: NodeFailure) {
+    fn on_failed(&mut self, d: &[u8], r: &[u8], want: Mode, seq: u64, failure: NodeFailure) {
         let Some(node) = self
             .domains
             .get_mut(d)
@@ -692,7 +704,7 @@ impl Dlm {
         else {
             return;
         };
-        if node.pending.is_none_or(|(w, _)| w != want) {
+        if node.pending.is_none_or(|(w, _)| w != want) || node.seq != seq {
             return;
         }
         node.pending = None;
@@ -1012,19 +1024,32 @@ impl Dlm {
     ) {
         let me = self.node;
         let still_wanted = self.op_still_wanted(d);
-        let Some(dc) = self.cluster.as_deref_mut().and_then(|c| c.domains.get_mut(d)) else {
-            return;
-        };
-        let Some(op) = dc.m.op.as_mut() else { return };
-        if op.req != req {
+        let current = self
+            .dc(d)
+            .and_then(|dc| dc.m.op.as_ref())
+            .is_some_and(|op| {
+                op.req == req
+                    && matches!(&op.phase, OpPhase::Asking { asked, .. } if asked.contains(&from))
+            });
+        if !current {
+            // An answer to a round this node gave up: an approval given in
+            // it must not stay held.
+            if ok {
+                self.send(
+                    from,
+                    PeerMsg::Cancel {
+                        domain: d.to_vec(),
+                        req,
+                    },
+                );
+            }
             return;
         }
+        let dc = self.dc_mut(d);
+        let op = dc.m.op.as_mut().expect("current");
         let OpPhase::Asking { asked, answers } = &mut op.phase else {
             return;
         };
-        if !asked.contains(&from) {
-            return;
-        }
         answers.insert(from, (ok, epoch, members));
         if answers.len() < asked.len() {
             return;
@@ -1103,7 +1128,11 @@ impl Dlm {
     /// Cancel or Done: the approval given to `from` is released.
     fn on_release(&mut self, from: NodeId, d: &[u8], req: u64, done: bool) {
         let dc = self.dc_mut(d);
-        if dc.m.approved == Some((from, req)) {
+        let matches = dc
+            .m
+            .approved
+            .is_some_and(|(n, r)| n == from && (r == req || req == 0));
+        if matches {
             dc.m.approved = None;
             if done {
                 self.poke(d);
@@ -1124,6 +1153,7 @@ impl Dlm {
             granted: None,
             want: None,
             noqueue: false,
+            seq: 0,
             pid: 0,
             lvb: None,
             master_lvb: None,
@@ -1156,6 +1186,7 @@ impl Dlm {
                 e.granted = granted;
                 e.want = want.map(|w| w.0);
                 e.noqueue = want.is_some_and(|w| w.1);
+                e.seq = node.seq;
                 e.pid = node.pid;
                 e.lvb = lvb;
             }
@@ -1291,7 +1322,7 @@ impl Dlm {
             let mut out = Vec::new();
             for (n, e) in &list {
                 if let Some(w) = e.want {
-                    m.request(*n, w, e.noqueue, e.pid, &mut out);
+                    m.request(*n, w, e.noqueue, e.pid, e.seq, &mut out);
                 }
             }
             m.pump(&mut out);
@@ -1394,7 +1425,6 @@ impl Dlm {
         }
         let (req, epoch, approvers) = (op.req, *epoch, approvers.clone());
         dc.m.op = None;
-        dc.done = Some((req, epoch, approvers.clone()));
         for n in approvers {
             self.send(
                 n,
@@ -1456,14 +1486,19 @@ impl Dlm {
                     _ => {}
                 }
             }
-            if let Some((req, epoch, approvers)) = &dc.done {
-                if approvers.contains(&p) {
-                    msgs.push(PeerMsg::Done {
-                        domain: dv.clone(),
-                        epoch: *epoch,
-                        req: *req,
-                    });
-                }
+            // With no change of its own under way, any approval the peer
+            // still holds for this node is stale (its Cancel or Done may
+            // have been lost): request 0 releases it.
+            let active = dc
+                .m
+                .op
+                .as_ref()
+                .is_some_and(|op| !matches!(op.phase, OpPhase::Retry(_)));
+            if !active {
+                msgs.push(PeerMsg::Cancel {
+                    domain: dv.clone(),
+                    req: 0,
+                });
             }
             // Before any Sync: the receiver may still need the report.
             if let Some((epoch, sent)) = &dc.last_reports {
@@ -1525,6 +1560,7 @@ impl Dlm {
                         granted: n.mode,
                         want: n.pending.map(|w| w.0),
                         noqueue: n.pending.is_some_and(|w| w.1),
+                        seq: n.seq,
                         pid: n.pid,
                         lvb: n.unacked.clone(),
                         master_lvb: None,
@@ -1621,16 +1657,16 @@ impl Dlm {
         }
     }
 
-    /// Whether this node is a member of domain `d` (in its own view), and
-    /// whether a membership change of `d` is in progress here.
-    pub fn membership(&self, d: &[u8]) -> (bool, bool) {
-        match self.dc(d) {
-            None => (false, false),
-            Some(dc) => (
-                dc.m.members.contains(&self.node),
+    /// This node's view of domain `d`: (epoch, members, a change in
+    /// progress here), if it has taken part in it.
+    pub fn membership(&self, d: &[u8]) -> Option<(u64, Vec<NodeId>, bool)> {
+        self.dc(d).map(|dc| {
+            (
+                dc.m.epoch,
+                dc.m.members.iter().copied().collect(),
                 dc.m.op.is_some() || dc.m.frozen.is_some(),
-            ),
-        }
+            )
+        })
     }
 
     /// This node's membership record of `d`, for diagnostics.
@@ -1646,6 +1682,13 @@ impl Dlm {
                 dc.deferred.len()
             )
         })
+    }
+
+    /// The master record of `d/r` on this node, for diagnostics.
+    pub fn master_debug(&self, d: &[u8], r: &[u8]) -> String {
+        self.dc(d)
+            .and_then(|dc| dc.mastered.get(r))
+            .map_or(String::new(), |m| format!("{m:?}"))
     }
 
     /// The clients waiting for a join or leave (for tests).

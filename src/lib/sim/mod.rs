@@ -211,6 +211,8 @@ pub struct Sim {
     draining: bool,
     trace_len: usize,
     node_locks: BTreeMap<(usize, Vec<u8>, Vec<u8>), (Option<Mode>, Option<Mode>)>,
+    /// Per domain, the last epoch at which it was seen empty.
+    emptied: BTreeMap<usize, u64>,
 }
 
 /// Events kept for a failure report (`O2TOOLS_SIM_TRACE` changes it).
@@ -320,6 +322,7 @@ impl Sim {
             draining: false,
             trace_len: trace_len(),
             node_locks: BTreeMap::new(),
+            emptied: BTreeMap::new(),
         }
     }
 
@@ -624,16 +627,25 @@ impl Sim {
                 }
             }
         }
+        // A domain whose last member left is gone, value blocks included
+        // (the last leaver's view shows the epoch it emptied at).
         for d in 0..self.cfg.domains {
             let name = dname(d);
-            let empty = self.dlms.iter().all(|dlm| {
-                let (member, changing) = dlm.membership(&name);
-                !member && !changing
-            });
-            if empty {
-                for r in 0..self.cfg.resources {
-                    self.lvb_last.remove(&(d, r));
-                    self.lvb_seen.remove(&(d, r));
+            let emptied = self
+                .dlms
+                .iter()
+                .filter_map(|dlm| dlm.membership(&name))
+                .filter(|(e, members, _)| *e > 0 && members.is_empty())
+                .map(|(e, _, _)| e)
+                .max();
+            if let Some(e) = emptied {
+                if self.emptied.get(&d).is_none_or(|&seen| seen < e) {
+                    self.emptied.insert(d, e);
+                    self.log(format!("d{d} emptied at epoch {e}"));
+                    for r in 0..self.cfg.resources {
+                        self.lvb_last.remove(&(d, r));
+                        self.lvb_seen.remove(&(d, r));
+                    }
                 }
             }
         }
@@ -1112,6 +1124,10 @@ impl Sim {
                     r.converting.len(),
                     r.waiting.len()
                 );
+                let m = dlm.master_debug(&r.domain, &r.name);
+                if !m.is_empty() {
+                    let _ = write!(s, "\n    master record: {}", m.replace("value: [", "value: [.."));
+                }
             }
             for d in 0..self.cfg.domains {
                 let _ = write!(

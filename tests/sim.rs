@@ -5,8 +5,8 @@
 //! `O2TOOLS_SIM_SEEDS=N` runs N seeds (default 2000); `O2TOOLS_SIM_SEED=S`
 //! replays one seed; `O2TOOLS_SIM_STEPS` changes the steps per seed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -26,28 +26,36 @@ fn simulated_clusters_keep_the_lock_invariants() {
     let next = AtomicU64::new(0);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= seeds {
-                    break;
-                }
-                match o2tools::sim::run_seed(seed, steps) {
-                    Ok(o) => {
-                        let mut t = totals.lock().unwrap();
-                        t.0 += o.messages;
-                        t.1 += o.grants;
-                        t.2 += o.breaks;
-                        t.3 += o.joins;
+            s.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= seeds {
+                        break;
                     }
-                    Err(f) => {
-                        let mut v = failures.lock().unwrap();
-                        if v.len() < 3 {
-                            v.push(f.to_string());
-                        } else {
-                            v.push(format!("seed {} failed: {}", f.seed, f.what.lines().next().unwrap_or("")));
+                    match o2tools::sim::run_seed(seed, steps) {
+                        Ok(o) => {
+                            let mut t = totals.lock().unwrap();
+                            t.0 += o.messages;
+                            t.1 += o.grants;
+                            t.2 += o.breaks;
+                            t.3 += o.joins;
+                        }
+                        Err(f) => {
+                            let mut v = failures.lock().unwrap();
+                            if v.len() < 3 {
+                                v.push(f.to_string());
+                            } else {
+                                v.push(format!(
+                                    "seed {} failed: {}",
+                                    f.seed,
+                                    f.what.lines().next().unwrap_or("")
+                                ));
+                            }
                         }
                     }
                 }

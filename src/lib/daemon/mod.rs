@@ -16,6 +16,7 @@
 //! signalfd, flock and peer credentials. The only place that reads the clock.
 
 mod heartbeat;
+pub mod mesh;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -41,13 +42,14 @@ use tracing::{debug, info, warn};
 
 use crate::client::SocketPath;
 use crate::config::Settings;
-use crate::dlm::{Action, ClientId, Cred, Dlm, Input, Millis, NodeId};
+use crate::dlm::{Action, ClientId, ClusterConfig, Cred, Dlm, Input, Millis, NodeId};
 use crate::heartbeat::{liveness, region};
 use crate::proto::{
-    self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, PROTOCOL_VERSION, ServerMsg,
-    ServerReply, StatusInfo,
+    self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, NodeStatus, PROTOCOL_VERSION,
+    ServerMsg, ServerReply, StatusInfo,
 };
 use heartbeat::{HbParams, RegionThread, Report};
+use mesh::{ClusterSetup, Mesh, MeshEvent};
 
 /// What lockd runs as.
 #[derive(Clone, Debug)]
@@ -60,6 +62,8 @@ pub struct DaemonOptions {
     pub autostarted: bool,
     /// Timing settings.
     pub settings: Settings,
+    /// The cluster to run (None: a single node, until `o2cb register-cluster`).
+    pub cluster: Option<ClusterSetup>,
 }
 
 /// Why lockd could not start.
@@ -100,6 +104,13 @@ const MAX_PENDING_OUTPUT: usize = 8 << 20;
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
 const HEARTBEAT: u64 = 2;
+/// The peer listener (client and peer connections count up from 3).
+const PEER_LISTENER: u64 = 1 << 62;
+/// A "connection" that does not exist: replies to it are dropped (for work
+/// lockd starts on its own, such as the cluster's heartbeat regions).
+const NO_CONN: u64 = u64::MAX;
+/// The heartbeat service name of the cluster's global regions.
+const CLUSTER_SERVICE: &str = "o2cb";
 
 /// A heartbeat region lockd runs.
 struct RegionEntry {
@@ -124,6 +135,25 @@ impl RegionEntry {
     fn total_refs(&self) -> u32 {
         self.refs.values().sum()
     }
+}
+
+/// A heartbeat region as cluster.conf names it: an absolute path (a file or
+/// device of ours) or a UUID (32 hex digits, found by scanning block devices).
+fn parse_region(region: &str) -> Result<HbTarget, String> {
+    if region.starts_with('/') {
+        return Ok(HbTarget::Device(region.as_bytes().to_vec()));
+    }
+    let hex: String = region.chars().filter(|c| *c != '-').collect();
+    if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let mut uuid = [0u8; 16];
+        for (i, b) in uuid.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex checked");
+        }
+        return Ok(HbTarget::Uuid(uuid));
+    }
+    Err(format!(
+        "heartbeat region '{region}' is neither an absolute path nor a UUID"
+    ))
 }
 
 /// Block devices from /proc/partitions, for finding a region by UUID.
@@ -244,14 +274,11 @@ impl Daemon {
             )
             .map_err(io::Error::from)?;
         let (hb_tx, hb_rx) = channel();
-        info!(
-            socket = %self.opts.socket.path.display(),
-            node = self.opts.node.0,
-            autostarted = self.opts.autostarted,
-            "lockd serving (single node)"
-        );
         let mut lp = Loop {
             dlm: Dlm::new(self.opts.node),
+            node: self.opts.node,
+            mesh: None,
+            mesh_out: Vec::new(),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             epoll,
             conns: BTreeMap::new(),
@@ -266,7 +293,20 @@ impl Daemon {
             start: Instant::now(),
             opts: &self.opts,
         };
+        if let Some(setup) = self.opts.cluster.clone() {
+            lp.enter_cluster(setup)?;
+        } else {
+            info!(
+                socket = %self.opts.socket.path.display(),
+                node = self.opts.node.0,
+                autostarted = self.opts.autostarted,
+                "lockd serving (single node)"
+            );
+        }
         let result = lp.serve(&self.listener, &sfd);
+        if let Some(m) = lp.mesh.take() {
+            m.shutdown(&lp.epoll);
+        }
         // Clean stops: every region writes its generation-0 block.
         for (_, e) in std::mem::take(&mut lp.regions) {
             if let Some(t) = e.thread {
@@ -281,6 +321,12 @@ impl Daemon {
 
 struct Loop<'a> {
     dlm: Dlm,
+    /// This node's number (from cluster.conf in a cluster).
+    node: NodeId,
+    /// Connections to the other nodes, in a cluster.
+    mesh: Option<Mesh>,
+    /// What the mesh reported, for the core.
+    mesh_out: Vec<MeshEvent>,
     wake: Arc<EventFd>,
     hb_tx: Sender<(u64, Report)>,
     hb_rx: Receiver<(u64, Report)>,
@@ -316,6 +362,15 @@ impl Loop<'_> {
                 .dlm
                 .next_deadline()
                 .map(|t| t.0.saturating_sub(self.now().0));
+            let mesh_deadline = self
+                .mesh
+                .as_ref()
+                .and_then(Mesh::next_deadline)
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64 + 1);
+            let deadline = match (deadline, mesh_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let timeout = match (deadline, hb_tick) {
                 (None, None) => EpollTimeout::NONE,
                 (a, b) => {
@@ -343,7 +398,16 @@ impl Loop<'_> {
                             self.region_report(key, report);
                         }
                     }
+                    token if self.mesh.as_ref().is_some_and(|m| m.owns(token)) => {
+                        self.mesh_event(token, ev.events());
+                    }
                     token => self.conn_event(token, ev.events()),
+                }
+            }
+            if let Some(m) = self.mesh.as_mut() {
+                if m.next_deadline().is_some_and(|t| t <= Instant::now()) {
+                    m.tick(&self.epoll, &mut self.next_client, &mut self.mesh_out);
+                    self.feed_mesh();
                 }
             }
             if self.dlm.next_deadline().is_some_and(|t| t <= self.now()) {
@@ -352,6 +416,106 @@ impl Loop<'_> {
             }
             self.flush_all();
         }
+    }
+
+    fn mesh_event(&mut self, token: u64, flags: EpollFlags) {
+        if let Some(m) = self.mesh.as_mut() {
+            m.event(
+                token,
+                flags,
+                &self.epoll,
+                &mut self.next_client,
+                &mut self.mesh_out,
+            );
+        }
+        self.feed_mesh();
+    }
+
+    /// Hands what the mesh reported to the core.
+    fn feed_mesh(&mut self) {
+        let now = self.now();
+        for ev in std::mem::take(&mut self.mesh_out) {
+            let input = match ev {
+                MeshEvent::Up(n) => Input::PeerUp { node: NodeId(n) },
+                MeshEvent::Down(n) => Input::PeerDown { node: NodeId(n) },
+                MeshEvent::Msg(n, msg) => Input::Peer {
+                    from: NodeId(n),
+                    msg,
+                },
+            };
+            self.dlm.handle(now, input);
+        }
+        self.route();
+    }
+
+    /// Becomes a node of `setup`'s cluster: listens for peers, connects,
+    /// runs a cluster core, and starts the cluster's global heartbeat.
+    fn enter_cluster(&mut self, setup: ClusterSetup) -> io::Result<()> {
+        let node = NodeId(setup.node);
+        let hb = &self.opts.settings.heartbeat;
+        let net = &self.opts.settings.network;
+        // Joins wait for the mesh to form (and heartbeat to see the other
+        // nodes, when there is a region), unless every node connects first.
+        let mut settle_ms = u64::from(net.reconnect_delay_ms) + 1000;
+        if !setup.regions.is_empty() {
+            settle_ms += u64::from(hb.interval_ms) * u64::from(liveness::LIVE_THRESHOLD + 2);
+        }
+        let config = ClusterConfig {
+            nodes: setup.nodes.keys().map(|&n| NodeId(n)).collect(),
+            settle_ms,
+        };
+        let regions = setup.regions.clone();
+        let mesh = Mesh::start(setup, &self.opts.settings, &self.epoll, PEER_LISTENER)?;
+        info!(
+            socket = %self.opts.socket.path.display(),
+            cluster = %mesh.setup.name,
+            node = node.0,
+            "lockd serving (cluster)"
+        );
+        self.mesh = Some(mesh);
+        self.node = node;
+        self.dlm = Dlm::new_cluster(node, config);
+        self.reconnect_clients();
+        for r in regions {
+            if let Err(e) = self.cluster_region(&r, true) {
+                warn!(region = %r, error = %e, "cannot start the cluster's heartbeat region");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells a fresh core about the connected clients.
+    fn reconnect_clients(&mut self) {
+        let now = self.now();
+        let clients: Vec<(u64, Cred)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.hello)
+            .map(|(&t, c)| (t, c.cred))
+            .collect();
+        for (t, cred) in clients {
+            self.dlm.handle(
+                now,
+                Input::Connected {
+                    client: ClientId(t),
+                    cred,
+                },
+            );
+        }
+    }
+
+    /// Starts or stops (this service's reference on) one of the cluster's
+    /// global regions, named by absolute path or UUID.
+    fn cluster_region(&mut self, region: &str, start: bool) -> Result<(), String> {
+        let target = parse_region(region)?;
+        let found = self.find_region(&target);
+        let has_ref = found.is_some_and(|k| self.regions[&k].refs.contains_key(CLUSTER_SERVICE));
+        match (start, has_ref) {
+            (true, false) => self.hb_start(NO_CONN, 0, target, CLUSTER_SERVICE.into()),
+            (false, true) => self.hb_stop(NO_CONN, 0, target, CLUSTER_SERVICE.into()),
+            _ => {}
+        }
+        Ok(())
     }
 
     fn accept(&mut self, listener: &UnixListener) {
@@ -502,7 +666,7 @@ impl Loop<'_> {
                     token,
                     &ServerMsg::Welcome {
                         version: PROTOCOL_VERSION,
-                        node: self.opts.node,
+                        node: self.node,
                         pid: std::process::id(),
                     },
                 );
@@ -524,16 +688,62 @@ impl Loop<'_> {
                     self.route();
                 }
                 ClientRequest::Status => {
+                    let nodes = self
+                        .mesh
+                        .as_ref()
+                        .map(|m| {
+                            m.status()
+                                .into_iter()
+                                .map(|l| NodeStatus {
+                                    number: l.node,
+                                    name: l.name,
+                                    address: l.addr.to_string(),
+                                    local: l.local,
+                                    connected: l.connected,
+                                    heartbeat: l.local || self.live_union.contains(&l.node),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     let reply = ServerReply::Status(StatusInfo {
-                        node: self.opts.node,
-                        cluster: None,
+                        node: self.node,
+                        cluster: self.mesh.as_ref().map(|m| m.setup.name.clone()),
                         pid: std::process::id(),
                         uptime_ms: self.start.elapsed().as_millis() as u64,
                         autostarted: self.opts.autostarted,
                         stats: self.dlm.stats(),
-                        nodes: Vec::new(),
+                        nodes,
                     });
                     self.send(token, &ServerMsg::Reply { tag, reply });
+                }
+                ClientRequest::RegisterCluster {
+                    conf,
+                    cluster,
+                    node,
+                } => {
+                    let cred = self.conns[&token].cred;
+                    let r = self.allowed(cred).and_then(|()| {
+                        self.register_cluster(
+                            PathBuf::from(OsStr::from_bytes(&conf)),
+                            &cluster,
+                            &node,
+                        )
+                    });
+                    self.answer(token, tag, r);
+                }
+                ClientRequest::UnregisterCluster { cluster } => {
+                    let cred = self.conns[&token].cred;
+                    let r = self
+                        .allowed(cred)
+                        .and_then(|()| self.unregister_cluster(&cluster));
+                    self.answer(token, tag, r);
+                }
+                ClientRequest::ClusterHeartbeat { cluster, start } => {
+                    let cred = self.conns[&token].cred;
+                    let r = self
+                        .allowed(cred)
+                        .and_then(|()| self.cluster_heartbeat(&cluster, start));
+                    self.answer(token, tag, r);
                 }
                 ClientRequest::Domains => {
                     let reply = ServerReply::Domains(self.dlm.domains());
@@ -574,6 +784,102 @@ impl Loop<'_> {
         }
     }
 
+    /// Cluster registration is for root or lockd's own user.
+    fn allowed(&self, cred: Cred) -> Result<(), String> {
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid == 0 || cred.uid == me {
+            Ok(())
+        } else {
+            Err(format!(
+                "permission denied: only root or uid {me} may change lockd's cluster"
+            ))
+        }
+    }
+
+    fn answer(&mut self, token: u64, tag: u64, r: Result<(), String>) {
+        let reply = match r {
+            Ok(()) => ServerReply::Done,
+            Err(message) => ServerReply::Failed { message },
+        };
+        self.send(token, &ServerMsg::Reply { tag, reply });
+    }
+
+    fn running_cluster(&self, cluster: &str) -> Result<&Mesh, String> {
+        match &self.mesh {
+            None => Err("lockd runs no cluster (single node)".into()),
+            Some(m) if m.setup.name != cluster => Err(format!(
+                "lockd runs cluster '{}', not '{cluster}'",
+                m.setup.name
+            )),
+            Some(m) => Ok(m),
+        }
+    }
+
+    fn register_cluster(&mut self, conf: PathBuf, cluster: &str, node: &str) -> Result<(), String> {
+        if let Some(m) = &self.mesh {
+            return if m.setup.name == cluster {
+                Ok(())
+            } else {
+                Err(format!(
+                    "lockd already runs cluster '{}'; unregister it first",
+                    m.setup.name
+                ))
+            };
+        }
+        let st = self.dlm.stats();
+        if st.locks > 0 || st.domains > 0 {
+            return Err(format!(
+                "lockd holds {} lock(s) in {} domain(s) as a single node, which the cluster never saw; release them (or restart lockd) first",
+                st.locks, st.domains
+            ));
+        }
+        if !self.regions.is_empty() {
+            return Err(
+                "heartbeat regions are active as a single node; stop them first (hb_ctl status)"
+                    .into(),
+            );
+        }
+        let setup = ClusterSetup::load(&conf, Some(cluster), (!node.is_empty()).then_some(node))?;
+        self.enter_cluster(setup).map_err(|e| e.to_string())
+    }
+
+    fn unregister_cluster(&mut self, cluster: &str) -> Result<(), String> {
+        self.running_cluster(cluster)?;
+        let domains = self.dlm.domains();
+        if !domains.is_empty() {
+            let names: Vec<String> = domains
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.name).into_owned())
+                .collect();
+            return Err(format!("domains are joined: {}", names.join(", ")));
+        }
+        if self.regions.values().any(|e| !e.stopping) {
+            return Err(format!(
+                "heartbeat regions are active; stop them first (o2cb stop-heartbeat {cluster})"
+            ));
+        }
+        let m = self.mesh.take().expect("running");
+        m.shutdown(&self.epoll);
+        self.node = self.opts.node;
+        self.dlm = Dlm::new(self.node);
+        self.reconnect_clients();
+        info!(cluster, "cluster unregistered; lockd serves a single node");
+        Ok(())
+    }
+
+    fn cluster_heartbeat(&mut self, cluster: &str, start: bool) -> Result<(), String> {
+        let regions = self.running_cluster(cluster)?.setup.regions.clone();
+        let errors: Vec<String> = regions
+            .iter()
+            .filter_map(|r| self.cluster_region(r, start).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
     fn reply_failed(&mut self, token: u64, tag: u64, message: String) {
         self.send(
             token,
@@ -593,7 +899,7 @@ impl Loop<'_> {
             block_bytes: e.region.block_bytes,
             start_byte: e.region.start_byte,
             slots: e.region.slots,
-            node: self.opts.node.0,
+            node: self.node.0,
             interval_ms: hb.interval_ms,
             dead_ms: hb.interval_ms.saturating_mul(hb.dead_threshold),
             steady: e.steady,
@@ -661,13 +967,13 @@ impl Loop<'_> {
             Ok(f) => f,
             Err(m) => return self.reply_failed(token, tag, m),
         };
-        if u32::from(self.opts.node.0) >= reg.slots {
+        if u32::from(self.node.0) >= reg.slots {
             return self.reply_failed(
                 token,
                 tag,
                 format!(
                     "node {} has no slot in a region of {} slots",
-                    self.opts.node.0, reg.slots
+                    self.node.0, reg.slots
                 ),
             );
         }
@@ -679,7 +985,7 @@ impl Loop<'_> {
             HbParams {
                 device: device.clone(),
                 region: reg.clone(),
-                node: self.opts.node.0,
+                node: self.node.0,
                 interval_ms: hb.interval_ms,
                 dead_threshold: hb.dead_threshold,
             },
@@ -874,14 +1180,24 @@ impl Loop<'_> {
                     },
                 ),
                 Action::Event { client, event } => (client, ServerMsg::Event(event)),
-                // Not a cluster yet: the core sends nothing.
-                Action::Send { .. } => continue,
+                Action::Send { to, msg } => {
+                    if let Some(m) = self.mesh.as_mut() {
+                        m.send(to.0, msg);
+                    }
+                    continue;
+                }
             };
             self.send(client.0, &msg);
         }
     }
 
     fn flush_all(&mut self) {
+        if let Some(m) = self.mesh.as_mut() {
+            m.flush_all(&self.epoll, &mut self.mesh_out);
+            if !self.mesh_out.is_empty() {
+                self.feed_mesh();
+            }
+        }
         let dirty: Vec<u64> = self
             .conns
             .iter()

@@ -30,7 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Lvb, Millis, Mode, NodeId};
 
-/// Sequence of values of one LVB, with its validity.
+/// One copy of a lock value block: its bytes, how many writes made it, and
+/// whether it can be trusted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LvbCopy {
     /// The bytes.
@@ -356,6 +357,8 @@ pub(super) struct ClusterState {
     pub settle_ms: u64,
     /// The time of the first input.
     pub started: Option<Millis>,
+    /// The last number given to a node-lock request.
+    pub next_seq: u64,
 }
 
 /// A domain's cluster-level state on this node.
@@ -445,7 +448,8 @@ pub(super) struct NodeLock {
     pub mode: Option<Mode>,
     /// A request sent to the master and not answered: (mode, trylock).
     pub pending: Option<(Mode, bool)>,
-    /// The number of the last request sent (the pending one, if any).
+    /// The number of the last request sent (the pending one, if any);
+    /// numbers are unique per node, across resources.
     pub seq: u64,
     /// Modes the master said other nodes wait for.
     pub blocked: u8,
@@ -668,11 +672,7 @@ impl MasterRes {
     /// in the way (nothing queued ahead), ask them to come down now;
     /// otherwise it fails.
     fn try_probe(&mut self, n: NodeId, want: Mode, out: &mut Vec<MasterOut>) {
-        let ahead = self
-            .converting
-            .iter()
-            .chain(&self.waiting)
-            .any(|&x| x != n);
+        let ahead = self.converting.iter().chain(&self.waiting).any(|&x| x != n);
         let blockers = self.holders_blocking(n, want);
         if ahead || blockers.is_empty() {
             self.fail_try(n, want, blockers, out);
@@ -692,7 +692,13 @@ impl MasterRes {
         }
     }
 
-    fn fail_try(&mut self, n: NodeId, want: Mode, blockers: Vec<(NodeId, Mode, i32)>, out: &mut Vec<MasterOut>) {
+    fn fail_try(
+        &mut self,
+        n: NodeId,
+        want: Mode,
+        blockers: Vec<(NodeId, Mode, i32)>,
+        out: &mut Vec<MasterOut>,
+    ) {
         let l = self.locks.get_mut(&n).expect("trylock");
         let seq = l.seq;
         if l.granted.is_some() {
@@ -749,10 +755,12 @@ impl MasterRes {
         loop {
             let next = if let Some(&head) = self.converting.first() {
                 let want = self.locks[&head].requested.expect("converting");
-                self.compatible_with_others(head, want).then_some((head, want))
+                self.compatible_with_others(head, want)
+                    .then_some((head, want))
             } else if let Some(&head) = self.waiting.first() {
                 let want = self.locks[&head].requested.expect("waiting");
-                self.compatible_with_others(head, want).then_some((head, want))
+                self.compatible_with_others(head, want)
+                    .then_some((head, want))
             } else {
                 None
             };
@@ -783,7 +791,12 @@ impl MasterRes {
             .filter(|n| !self.locks[n].noqueue)
             .map(|&n| (n, self.locks[&n].requested.expect("queued")))
             .collect();
-        let holders: Vec<NodeId> = self.granted.iter().chain(&self.converting).copied().collect();
+        let holders: Vec<NodeId> = self
+            .granted
+            .iter()
+            .chain(&self.converting)
+            .copied()
+            .collect();
         for (waiter, mode) in queued {
             for &h in &holders {
                 if h == waiter {
@@ -865,8 +878,9 @@ impl MasterRes {
         self.pump(out);
     }
 
-    /// Rebuilds from one node's report: its granted mode is placed, its
-    /// pending request queued (call [`MasterRes::pump`] after the last).
+    /// Rebuilds from one node's report: its granted mode is placed (its
+    /// pending request is queued by a `request` call after every holder is
+    /// placed, then [`MasterRes::pump`]).
     pub fn restore(&mut self, n: NodeId, granted: Option<Mode>, pid: i32) {
         if let Some(g) = granted {
             self.locks.insert(
@@ -951,7 +965,11 @@ pub fn down_to(blocked: u8, local: &[Mode], held: Mode) -> Result<Option<Mode>, 
     }
     Mode::ALL
         .into_iter()
-        .filter(|m| Mode::ALL.iter().all(|&b| blocked & b.bit() == 0 || m.compatible(b)))
+        .filter(|m| {
+            Mode::ALL
+                .iter()
+                .all(|&b| blocked & b.bit() == 0 || m.compatible(b))
+        })
         .filter(|&m| covers(held, m))
         .filter(|&m| local.iter().all(|&w| covers(m, w)))
         // The strongest: compatible with the fewest modes.
@@ -988,14 +1006,26 @@ mod tests {
     fn down_conversion_targets() {
         // EX wanted elsewhere: only NL remains, or nothing.
         assert_eq!(down_to(Mode::EX.bit(), &[], Mode::EX), Ok(None));
-        assert_eq!(down_to(Mode::EX.bit(), &[Mode::NL], Mode::EX), Ok(Some(Mode::NL)));
+        assert_eq!(
+            down_to(Mode::EX.bit(), &[Mode::NL], Mode::EX),
+            Ok(Some(Mode::NL))
+        );
         assert_eq!(down_to(Mode::EX.bit(), &[Mode::PR], Mode::EX), Err(()));
         // PR wanted elsewhere, local PR holders: keep PR.
-        assert_eq!(down_to(Mode::PR.bit(), &[Mode::PR], Mode::EX), Ok(Some(Mode::PR)));
-        assert_eq!(down_to(Mode::PR.bit(), &[Mode::CR], Mode::PW), Ok(Some(Mode::PR)));
+        assert_eq!(
+            down_to(Mode::PR.bit(), &[Mode::PR], Mode::EX),
+            Ok(Some(Mode::PR))
+        );
+        assert_eq!(
+            down_to(Mode::PR.bit(), &[Mode::CR], Mode::PW),
+            Ok(Some(Mode::PR))
+        );
         // Never sideways: from PR, with CW wanted elsewhere and a local CR
         // holder, CR (not CW, which other PR holders would block).
-        assert_eq!(down_to(Mode::CW.bit(), &[Mode::CR], Mode::PR), Ok(Some(Mode::CR)));
+        assert_eq!(
+            down_to(Mode::CW.bit(), &[Mode::CR], Mode::PR),
+            Ok(Some(Mode::CR))
+        );
         // Every answer is covered by the held mode and covers the holders.
         for held in Mode::ALL {
             for b in Mode::ALL {
@@ -1033,25 +1063,51 @@ mod tests {
         let mut m = MasterRes::new();
         let mut out = Vec::new();
         m.request(NodeId(1), Mode::EX, false, 11, 0, &mut out);
-        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(1), Mode::EX, _)]));
+        assert!(matches!(
+            &out[..],
+            [MasterOut::Grant(NodeId(1), Mode::EX, _)]
+        ));
         out.clear();
         m.request(NodeId(2), Mode::PR, false, 22, 0, &mut out);
-        assert!(matches!(&out[..], [MasterOut::Bast(NodeId(1), Mode::PR, false)]));
+        assert!(matches!(
+            &out[..],
+            [MasterOut::Bast(NodeId(1), Mode::PR, false)]
+        ));
         out.clear();
         // A repeat changes nothing.
         m.request(NodeId(2), Mode::PR, false, 22, 0, &mut out);
         assert!(out.is_empty());
         // The holder comes down to NL (no answer): the PR waiter is granted.
         m.request(NodeId(1), Mode::NL, false, 11, 0, &mut out);
-        assert!(!out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(1), _, _))));
-        assert!(out.iter().any(|o| matches!(o, MasterOut::Grant(NodeId(2), Mode::PR, _))));
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, MasterOut::Grant(NodeId(1), _, _)))
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, MasterOut::Grant(NodeId(2), Mode::PR, _)))
+        );
         out.clear();
         // A trylock for EX blocked by node 2's PR probes node 2.
         m.request(NodeId(3), Mode::EX, true, 33, 0, &mut out);
-        assert!(matches!(&out[..], [MasterOut::Bast(NodeId(2), Mode::EX, true)]), "{out:?}");
+        assert!(
+            matches!(&out[..], [MasterOut::Bast(NodeId(2), Mode::EX, true)]),
+            "{out:?}"
+        );
         out.clear();
         m.probe_busy(NodeId(2), &mut out);
-        assert!(matches!(&out[..], [MasterOut::Failed(NodeId(3), Mode::EX, NodeFailure::Busy(_), _)]), "{out:?}");
+        assert!(
+            matches!(
+                &out[..],
+                [MasterOut::Failed(
+                    NodeId(3),
+                    Mode::EX,
+                    NodeFailure::Busy(_),
+                    _
+                )]
+            ),
+            "{out:?}"
+        );
         assert!(!m.locks.contains_key(&NodeId(3)));
         out.clear();
         // Probe again; this time node 2 unlocks and node 3 is granted.
@@ -1059,8 +1115,15 @@ mod tests {
         out.clear();
         m.unlock(NodeId(2), &mut out);
         // Node 1 still holds NL, which is compatible with EX: node 3 is granted.
-        assert!(matches!(&out[..], [MasterOut::Grant(NodeId(3), Mode::EX, _)]), "{out:?}");
-        assert!(m.locks.get(&NodeId(3)).is_some_and(|l| l.granted == Some(Mode::EX)));
+        assert!(
+            matches!(&out[..], [MasterOut::Grant(NodeId(3), Mode::EX, _)]),
+            "{out:?}"
+        );
+        assert!(
+            m.locks
+                .get(&NodeId(3))
+                .is_some_and(|l| l.granted == Some(Mode::EX))
+        );
     }
 
     #[test]
@@ -1074,6 +1137,12 @@ mod tests {
         assert!(out.iter().all(|o| !matches!(o, MasterOut::Grant(..))));
         out.clear();
         m.request(NodeId(2), Mode::EX, false, 2, 0, &mut out);
-        assert!(out.iter().any(|o| matches!(o, MasterOut::Failed(NodeId(2), Mode::EX, NodeFailure::Deadlock(_), _))), "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                MasterOut::Failed(NodeId(2), Mode::EX, NodeFailure::Deadlock(_), _)
+            )),
+            "{out:?}"
+        );
     }
 }

@@ -41,8 +41,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 pub use cluster::{
-    covers, master_of, ClusterConfig, DomainView, LvbCopy, NodeFailure, NodeHolder, NodeView, PeerMsg,
-    ReportEntry,
+    ClusterConfig, DomainView, LvbCopy, NodeFailure, NodeHolder, NodeView, PeerMsg, ReportEntry,
+    covers, master_of,
 };
 pub use mode::{BadMode, Mode};
 

@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::cluster::{
-    cover_all, covers, down_to, master_of, ClusterConfig, ClusterState, DomainCluster,
-    DomainView, Frozen, LvbCopy, MasterOut, MasterRes, NodeFailure, NodeHolder, NodeLock,
-    NodeView, Op, OpPhase, PeerMsg, ReportEntry, RETRY_MS,
+    ClusterConfig, ClusterState, DomainCluster, DomainView, Frozen, LvbCopy, MasterOut, MasterRes,
+    NodeFailure, NodeHolder, NodeLock, NodeView, Op, OpPhase, PeerMsg, RETRY_MS, ReportEntry,
+    cover_all, covers, down_to, master_of,
 };
 use super::{
-    compatible_with_holders, Action, Dlm, Failure, Holder, LockId, LvbState, Millis,
-    Mode, NodeId, Reply,
+    Action, Dlm, Failure, Holder, LockId, LvbState, Millis, Mode, NodeId, Reply,
+    compatible_with_holders,
 };
 
 /// Whether the node lock lets a local request be granted.
@@ -82,6 +82,7 @@ impl Dlm {
             retries: BTreeSet::new(),
             settle_ms: config.settle_ms,
             started: None,
+            next_seq: 0,
         }));
         dlm
     }
@@ -104,15 +105,21 @@ impl Dlm {
     }
 
     pub(super) fn dc_mut(&mut self, d: &[u8]) -> &mut DomainCluster {
-        self.cl_mut()
-            .domains
-            .entry(d.into())
-            .or_insert_with(Default::default)
+        self.cl_mut().domains.entry(d.into()).or_default()
     }
 
     /// A member of `d` that is not changing membership.
     pub(super) fn domain_running(&self, d: &[u8]) -> bool {
         self.dc(d).is_some_and(|dc| dc.m.running(self.node))
+    }
+
+    /// A number for a node-lock request, never used before by this node (a
+    /// resource's record may be freed and made again: its numbers must not
+    /// start over, or an old answer could match a new request).
+    fn next_seq(&mut self) -> u64 {
+        let cl = self.cl_mut();
+        cl.next_seq += 1;
+        cl.next_seq
     }
 
     /// Sends a message (to itself through the loopback queue).
@@ -152,7 +159,8 @@ impl Dlm {
             .get(d)
             .and_then(|dom| dom.resources.get(r))
             .and_then(|res| res.node.as_deref());
-        let (held, blocked, pending) = node.map_or((None, 0, None), |n| (n.mode, n.blocked, n.pending));
+        let (held, blocked, pending) =
+            node.map_or((None, 0, None), |n| (n.mode, n.blocked, n.pending));
         if !conversion && bits(blocked).any(|b| !mode.compatible(b)) {
             return Gate::No;
         }
@@ -208,15 +216,12 @@ impl Dlm {
     /// holders and the node lock allow are granted in place, then the head
     /// new request; then the node lock follows what the queues need.
     pub(super) fn cluster_grant_pending(&mut self, d: &[u8], r: &[u8]) {
-        loop {
-            let Some(q) = self
-                .domains
-                .get(d)
-                .and_then(|dom| dom.resources.get(r))
-                .and_then(|res| res.queues.as_deref())
-            else {
-                break;
-            };
+        while let Some(q) = self
+            .domains
+            .get(d)
+            .and_then(|dom| dom.resources.get(r))
+            .and_then(|res| res.queues.as_deref())
+        {
             let mut next = None;
             for &id in &q.converting {
                 let want = self.locks[&id].requested.expect("converting");
@@ -242,7 +247,11 @@ impl Dlm {
                 None => break,
             }
         }
-        if self.domains.get(d).is_some_and(|dom| dom.resources.contains_key(r)) {
+        if self
+            .domains
+            .get(d)
+            .is_some_and(|dom| dom.resources.contains_key(r))
+        {
             self.send_basts(d, r);
             self.node_step(d, r);
         }
@@ -307,11 +316,11 @@ impl Dlm {
         let l = self.locks.get_mut(&id).expect("exists");
         l.remote = true;
         let pid = l.cred.pid;
+        let seq = self.next_seq();
         let node = self.node_lock_mut(d, r);
         node.pending = Some((target, noqueue));
         node.pid = pid;
-        node.seq += 1;
-        let seq = node.seq;
+        node.seq = seq;
         let msg = PeerMsg::Lock {
             domain: d.to_vec(),
             epoch: self.dc(d).expect("running").m.epoch,
@@ -351,6 +360,7 @@ impl Dlm {
     /// changed value block back to the master when leaving PW/EX.
     fn send_down(&mut self, d: &[u8], r: &[u8], to: Option<Mode>) {
         let epoch = self.dc(d).expect("running").m.epoch;
+        let seq = self.next_seq();
         let master = self.master_in(d, r);
         let res = self
             .domains
@@ -374,8 +384,7 @@ impl Dlm {
             .filter(|&b| to.is_none_or(|t| t.compatible(b)))
             .fold(0, |acc, b| acc | b.bit());
         let pid = node.pid;
-        node.seq += 1;
-        let seq = node.seq;
+        node.seq = seq;
         let msg = match to {
             None => PeerMsg::Unlock {
                 domain: d.to_vec(),
@@ -464,8 +473,7 @@ impl Dlm {
             dc.deferred.push((from, msg));
             return;
         }
-        if dc.m.frozen.is_some() || !dc.m.members.contains(&me) || !dc.m.members.contains(&from)
-        {
+        if dc.m.frozen.is_some() || !dc.m.members.contains(&me) || !dc.m.members.contains(&from) {
             // Sent before the sender froze: its report will say the same.
             return;
         }
@@ -655,7 +663,14 @@ impl Dlm {
             let Some(m) = self.mastered(d, &e.resource, from, e.lvb) else {
                 continue;
             };
-            m.resync(from, e.granted, e.want.map(|w| (w, e.noqueue)), e.pid, e.seq, &mut out);
+            m.resync(
+                from,
+                e.granted,
+                e.want.map(|w| (w, e.noqueue)),
+                e.pid,
+                e.seq,
+                &mut out,
+            );
             self.master_out(d, &e.resource, out);
         }
     }
@@ -841,8 +856,14 @@ impl Dlm {
 
     fn settled(&self) -> bool {
         let cl = self.cl();
-        let all_up = cl.nodes.iter().all(|n| *n == self.node || cl.up.contains(n));
-        all_up || cl.started.is_some_and(|s| self.now >= s.after(cl.settle_ms))
+        let all_up = cl
+            .nodes
+            .iter()
+            .all(|n| *n == self.node || cl.up.contains(n));
+        all_up
+            || cl
+                .started
+                .is_some_and(|s| self.now >= s.after(cl.settle_ms))
     }
 
     fn schedule_retry(&mut self, d: &[u8], at: Millis) {
@@ -1063,7 +1084,12 @@ impl Dlm {
         let asked = asked.clone();
         if !still_wanted {
             // Release the approvals; `drive` starts what is wanted now.
-            for n in asked.iter().filter(|n| answers[n].0).copied().collect::<Vec<_>>() {
+            for n in asked
+                .iter()
+                .filter(|n| answers[n].0)
+                .copied()
+                .collect::<Vec<_>>()
+            {
                 self.send(
                     n,
                     PeerMsg::Cancel {
@@ -1128,10 +1154,9 @@ impl Dlm {
     /// Cancel or Done: the approval given to `from` is released.
     fn on_release(&mut self, from: NodeId, d: &[u8], req: u64, done: bool) {
         let dc = self.dc_mut(d);
-        let matches = dc
-            .m
-            .approved
-            .is_some_and(|(n, r)| n == from && (r == req || req == 0));
+        let matches =
+            dc.m.approved
+                .is_some_and(|(n, r)| n == from && (r == req || req == 0));
         if matches {
             dc.m.approved = None;
             if done {
@@ -1143,7 +1168,11 @@ impl Dlm {
     /// What this node tells the masters of the new membership: its node
     /// locks and LVB copies, and the LVBs it kept as a master. A leaving
     /// node gives everything up.
-    fn build_reports(&mut self, d: &[u8], new: &BTreeSet<NodeId>) -> BTreeMap<NodeId, Vec<ReportEntry>> {
+    fn build_reports(
+        &mut self,
+        d: &[u8],
+        new: &BTreeSet<NodeId>,
+    ) -> BTreeMap<NodeId, Vec<ReportEntry>> {
         let me = self.node;
         let leaving = !new.contains(&me);
         let mut out: BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>> =
@@ -1264,7 +1293,14 @@ impl Dlm {
         }
     }
 
-    fn on_report(&mut self, now: Millis, from: NodeId, d: &[u8], epoch: u64, entries: Vec<ReportEntry>) {
+    fn on_report(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        d: &[u8],
+        epoch: u64,
+        entries: Vec<ReportEntry>,
+    ) {
         let dc = self.dc_mut(d);
         match dc.m.frozen.as_deref_mut() {
             Some(f) if f.epoch == epoch => {
@@ -1327,7 +1363,9 @@ impl Dlm {
             }
             m.pump(&mut out);
             if !(m.is_idle() && m.lvb == LvbCopy::ZERO) {
-                self.dc_mut(d).mastered.insert(r.clone().into(), Box::new(m));
+                self.dc_mut(d)
+                    .mastered
+                    .insert(r.clone().into(), Box::new(m));
             }
             outs.push((r, out));
         }
@@ -1380,7 +1418,11 @@ impl Dlm {
             .unwrap_or_default();
         names.sort();
         for r in names {
-            if self.domains.get(d).is_some_and(|dom| dom.resources.contains_key(&r)) {
+            if self
+                .domains
+                .get(d)
+                .is_some_and(|dom| dom.resources.contains_key(&r))
+            {
                 self.grant_pending(d, &r);
                 self.maybe_free(d, &r);
             }
@@ -1390,11 +1432,18 @@ impl Dlm {
     }
 
     fn on_ready(&mut self, _now: Millis, from: NodeId, d: &[u8], epoch: u64) {
-        let Some(dc) = self.cluster.as_deref_mut().and_then(|c| c.domains.get_mut(d)) else {
+        let Some(dc) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.domains.get_mut(d))
+        else {
             return;
         };
         if let Some(op) = dc.m.op.as_mut() {
-            if let OpPhase::Changing { epoch: e, ready, .. } = &mut op.phase {
+            if let OpPhase::Changing {
+                epoch: e, ready, ..
+            } = &mut op.phase
+            {
                 if *e == epoch {
                     ready.insert(from);
                     self.check_change_done(d);
@@ -1406,7 +1455,11 @@ impl Dlm {
     /// This node's change is over once every new member has rebuilt (and
     /// this node has done its own part): the approvals are released.
     fn check_change_done(&mut self, d: &[u8]) {
-        let Some(dc) = self.cluster.as_deref_mut().and_then(|c| c.domains.get_mut(d)) else {
+        let Some(dc) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.domains.get_mut(d))
+        else {
             return;
         };
         let Some(op) = dc.m.op.as_ref() else { return };
@@ -1489,11 +1542,10 @@ impl Dlm {
             // With no change of its own under way, any approval the peer
             // still holds for this node is stale (its Cancel or Done may
             // have been lost): request 0 releases it.
-            let active = dc
-                .m
-                .op
-                .as_ref()
-                .is_some_and(|op| !matches!(op.phase, OpPhase::Retry(_)));
+            let active =
+                dc.m.op
+                    .as_ref()
+                    .is_some_and(|op| !matches!(op.phase, OpPhase::Retry(_)));
             if !active {
                 msgs.push(PeerMsg::Cancel {
                     domain: dv.clone(),
@@ -1678,7 +1730,13 @@ impl Dlm {
                 dc.m.members,
                 dc.m.approved,
                 dc.m.op,
-                dc.m.frozen.as_ref().map(|f| (f.epoch, &f.old, &f.new, f.initiator, f.reports.keys().collect::<Vec<_>>())),
+                dc.m.frozen.as_ref().map(|f| (
+                    f.epoch,
+                    &f.old,
+                    &f.new,
+                    f.initiator,
+                    f.reports.keys().collect::<Vec<_>>()
+                )),
                 dc.deferred.len()
             )
         })
@@ -1689,19 +1747,5 @@ impl Dlm {
         self.dc(d)
             .and_then(|dc| dc.mastered.get(r))
             .map_or(String::new(), |m| format!("{m:?}"))
-    }
-
-    /// The clients waiting for a join or leave (for tests).
-    #[cfg(test)]
-    pub(super) fn waiting_clients(&self, d: &[u8]) -> Vec<super::ClientId> {
-        self.dc(d)
-            .map(|dc| {
-                dc.join_waiters
-                    .iter()
-                    .chain(&dc.leave_waiters)
-                    .map(|w| w.0)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }

@@ -16,9 +16,10 @@
 
 use crate::dlm::{
     Counters, DlmError, DomainInfo, Event, Failure, Holder, LVB_LEN, LockFlags, LockId,
-    LockRequest, LostReason, Lvb, LvbInfo, Mode, NodeHolder, NodeId, Reply, Request,
-    ResourceInfo, Stats,
+    LockRequest, LostReason, Lvb, LvbInfo, Mode, NodeHolder, NodeId, Reply, Request, ResourceInfo,
+    Stats,
 };
+pub mod peer;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -79,6 +80,30 @@ pub enum ClientRequest {
     HbRefs {
         /// The region's UUID.
         uuid: [u8; 16],
+    },
+    /// Run the cluster `cluster` of the cluster.conf at `conf` as node
+    /// `node` (a name; empty: the host name). Refused while lockd holds
+    /// locks as a single node; a no-op if it runs that cluster already.
+    RegisterCluster {
+        /// cluster.conf.
+        conf: Vec<u8>,
+        /// The cluster's name.
+        cluster: String,
+        /// This node's name, or empty.
+        node: String,
+    },
+    /// Go back to a single node. Refused while domains are joined or
+    /// heartbeat regions are active.
+    UnregisterCluster {
+        /// The cluster's name (must be the one running).
+        cluster: String,
+    },
+    /// Start or stop the running cluster's global heartbeat regions.
+    ClusterHeartbeat {
+        /// The cluster's name (must be the one running).
+        cluster: String,
+        /// Start (true) or stop.
+        start: bool,
     },
 }
 
@@ -215,13 +240,15 @@ pub enum ServerReply {
         /// Why.
         message: String,
     },
+    /// A daemon-level request (cluster registration, cluster heartbeat) is done.
+    Done,
 }
 
 /// Why bytes could not be decoded. The connection must be closed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The length prefix exceeds [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    #[error("a length of {0} bytes exceeds its limit")]
     TooLarge(usize),
     /// The payload ended early.
     #[error("truncated {0}")]
@@ -428,6 +455,25 @@ pub fn encode_client_into(m: &ClientMsg, buf: Vec<u8>) -> Vec<u8> {
                 ClientRequest::HbRefs { uuid } => {
                     w.u8(8);
                     w.0.extend_from_slice(uuid);
+                }
+                ClientRequest::RegisterCluster {
+                    conf,
+                    cluster,
+                    node,
+                } => {
+                    w.u8(9);
+                    w.bytes(conf);
+                    w.str(cluster);
+                    w.str(node);
+                }
+                ClientRequest::UnregisterCluster { cluster } => {
+                    w.u8(10);
+                    w.str(cluster);
+                }
+                ClientRequest::ClusterHeartbeat { cluster, start } => {
+                    w.u8(11);
+                    w.str(cluster);
+                    w.bool(*start);
                 }
             }
         }
@@ -657,6 +703,7 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                     w.u8(10);
                     w.str(message);
                 }
+                ServerReply::Done => w.u8(11),
                 ServerReply::Locks(rs) => {
                     w.u8(7);
                     w.u32(rs.len() as u32);
@@ -920,6 +967,18 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, DecodeErr
                     },
                     7 => ClientRequest::HbStatus,
                     8 => ClientRequest::HbRefs { uuid: r.uuid()? },
+                    9 => ClientRequest::RegisterCluster {
+                        conf: r.bytes()?,
+                        cluster: r.string()?,
+                        node: r.string()?,
+                    },
+                    10 => ClientRequest::UnregisterCluster {
+                        cluster: r.string()?,
+                    },
+                    11 => ClientRequest::ClusterHeartbeat {
+                        cluster: r.string()?,
+                        start: r.bool()?,
+                    },
                     v => {
                         return Err(DecodeError::Unknown {
                             what: "request kind",
@@ -1197,6 +1256,7 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                 10 => ServerReply::Failed {
                     message: r.string()?,
                 },
+                11 => ServerReply::Done,
                 v => {
                     return Err(DecodeError::Unknown {
                         what: "reply",
@@ -1325,6 +1385,27 @@ mod tests {
         v.push(ClientMsg::Request {
             tag: 7,
             request: ClientRequest::HbRefs { uuid: [1; 16] },
+        });
+        v.push(ClientMsg::Request {
+            tag: 8,
+            request: ClientRequest::RegisterCluster {
+                conf: b"/etc/ocfs2/cluster.conf".to_vec(),
+                cluster: "c1".into(),
+                node: "alpha".into(),
+            },
+        });
+        v.push(ClientMsg::Request {
+            tag: 9,
+            request: ClientRequest::UnregisterCluster {
+                cluster: "c1".into(),
+            },
+        });
+        v.push(ClientMsg::Request {
+            tag: 10,
+            request: ClientRequest::ClusterHeartbeat {
+                cluster: "c1".into(),
+                start: true,
+            },
         });
         v
     }
@@ -1487,6 +1568,10 @@ mod tests {
             reply: ServerReply::Failed {
                 message: "no such device".into(),
             },
+        });
+        v.push(ServerMsg::Reply {
+            tag: 2,
+            reply: ServerReply::Done,
         });
         v.push(ServerMsg::Reply {
             tag: 1,

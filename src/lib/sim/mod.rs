@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use crate::dlm::{
-    Action, ClientId, ClusterConfig, Cred, Dlm, Event, Input, LockFlags, LockId, LockRequest,
-    Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request, LVB_LEN,
+    Action, ClientId, ClusterConfig, Cred, Dlm, Event, Input, LVB_LEN, LockFlags, LockId,
+    LockRequest, Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request,
 };
 
 /// SplitMix64: small, fast, and the same everywhere.
@@ -184,6 +184,11 @@ struct Link {
     last: Millis,
 }
 
+/// A node's lock on a resource: (node index, domain, resource).
+type NodeKey = (usize, Vec<u8>, Vec<u8>);
+/// Mode held and mode asked for.
+type HeldAsked = (Option<Mode>, Option<Mode>);
+
 /// One simulated cluster.
 pub struct Sim {
     seed: u64,
@@ -210,7 +215,7 @@ pub struct Sim {
     out: Outcome,
     draining: bool,
     trace_len: usize,
-    node_locks: BTreeMap<(usize, Vec<u8>, Vec<u8>), (Option<Mode>, Option<Mode>)>,
+    node_locks: BTreeMap<NodeKey, HeldAsked>,
     /// Per domain, the last epoch at which it was seen empty.
     emptied: BTreeMap<usize, u64>,
 }
@@ -330,7 +335,8 @@ impl Sim {
         if self.trace.len() >= self.trace_len {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!("[{} t={}] {s}", self.step, self.now.0));
+        self.trace
+            .push_back(format!("[{} t={}] {s}", self.step, self.now.0));
     }
 
     fn fail(&self, what: String) -> SimFailure {
@@ -403,10 +409,20 @@ impl Sim {
         &mut self.clients[n][id.0 as usize - 1]
     }
 
-    fn on_reply(&mut self, n: usize, id: ClientId, tag: u64, reply: Reply) -> Result<(), SimFailure> {
+    fn on_reply(
+        &mut self,
+        n: usize,
+        id: ClientId,
+        tag: u64,
+        reply: Reply,
+    ) -> Result<(), SimFailure> {
         let step = self.step;
         let Some((asked, _)) = self.client_mut(n, id).asked.remove(&tag) else {
-            return Err(self.fail(format!("node {} client {}: reply to unknown tag {tag}", n + 1, id.0)));
+            return Err(self.fail(format!(
+                "node {} client {}: reply to unknown tag {tag}",
+                n + 1,
+                id.0
+            )));
         };
         self.log(format!("n{} c{} reply {asked:?} -> {reply:?}", n + 1, id.0));
         let _ = step;
@@ -441,7 +457,11 @@ impl Sim {
             (Asked::LvbGet { lock }, Reply::Lvb { value, .. }) => {
                 let l = self.clients[n][id.0 as usize - 1].locks[&lock].clone();
                 let g = l.granted.expect("read through a granted lock");
-                let last = self.lvb_last.get(&(l.d, l.r)).copied().unwrap_or([0; LVB_LEN]);
+                let last = self
+                    .lvb_last
+                    .get(&(l.d, l.r))
+                    .copied()
+                    .unwrap_or([0; LVB_LEN]);
                 if matches!(g, Mode::PR | Mode::PW | Mode::EX) {
                     if value != last {
                         return Err(self.fail(format!(
@@ -455,7 +475,10 @@ impl Sim {
                         )));
                     }
                 } else if value != [0; LVB_LEN]
-                    && !self.lvb_seen.get(&(l.d, l.r)).is_some_and(|s| s.contains(&value))
+                    && !self
+                        .lvb_seen
+                        .get(&(l.d, l.r))
+                        .is_some_and(|s| s.contains(&value))
                 {
                     return Err(self.fail(format!("read a value never written: {:?}", &value[..8])));
                 }
@@ -477,7 +500,7 @@ impl Sim {
                     "node {} client {}: unexpected reply {reply:?} to {asked:?}",
                     n + 1,
                     id.0
-                )))
+                )));
             }
         }
         Ok(())
@@ -551,20 +574,26 @@ impl Sim {
     /// for; value blocks of domains that emptied are forgotten.
     fn check_nodes(&mut self) -> Result<(), SimFailure> {
         type Key = (Vec<u8>, Vec<u8>);
-        let mut by_res: BTreeMap<Key, Vec<(usize, Option<Mode>, Option<Mode>)>> = BTreeMap::new();
+        type Holders = Vec<(usize, Option<Mode>, Option<Mode>)>;
+        let mut by_res: BTreeMap<Key, Holders> = BTreeMap::new();
         for (n, dlm) in self.dlms.iter().enumerate() {
             dlm.for_each_node_lock(|d, r, m, p| {
-                by_res.entry((d.to_vec(), r.to_vec())).or_default().push((n, m, p));
+                by_res
+                    .entry((d.to_vec(), r.to_vec()))
+                    .or_default()
+                    .push((n, m, p));
             });
         }
         // Log node lock changes (the trace shows no loopback messages).
-        let flat: BTreeMap<(usize, Vec<u8>, Vec<u8>), (Option<Mode>, Option<Mode>)> = by_res
+        let flat: BTreeMap<NodeKey, HeldAsked> = by_res
             .iter()
-            .flat_map(|((d, r), v)| v.iter().map(move |&(n, m, p)| ((n, d.clone(), r.clone()), (m, p))))
+            .flat_map(|((d, r), v)| {
+                v.iter()
+                    .map(move |&(n, m, p)| ((n, d.clone(), r.clone()), (m, p)))
+            })
             .collect();
         if flat != self.node_locks {
-            let keys: BTreeSet<&(usize, Vec<u8>, Vec<u8>)> =
-                flat.keys().chain(self.node_locks.keys()).collect();
+            let keys: BTreeSet<&NodeKey> = flat.keys().chain(self.node_locks.keys()).collect();
             let mut changes = Vec::new();
             for k in keys {
                 let (a, b) = (self.node_locks.get(k), flat.get(k));
@@ -674,7 +703,12 @@ impl Sim {
         self.started[n] = true;
         self.log(format!("node {} starts", n + 1));
         for m in 0..self.cfg.nodes {
-            self.input(n, Input::NodeUp { node: NodeId(m as u8 + 1) })?;
+            self.input(
+                n,
+                Input::NodeUp {
+                    node: NodeId(m as u8 + 1),
+                },
+            )?;
         }
         for m in 0..self.cfg.nodes {
             if m != n && self.started[m] {
@@ -689,8 +723,18 @@ impl Sim {
         self.up.insert(key);
         self.reconnect.remove(&key);
         self.log(format!("connect {} <-> {}", a + 1, b + 1));
-        self.input(a, Input::PeerUp { node: NodeId(b as u8 + 1) })?;
-        self.input(b, Input::PeerUp { node: NodeId(a as u8 + 1) })
+        self.input(
+            a,
+            Input::PeerUp {
+                node: NodeId(b as u8 + 1),
+            },
+        )?;
+        self.input(
+            b,
+            Input::PeerUp {
+                node: NodeId(a as u8 + 1),
+            },
+        )
     }
 
     fn disconnect(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
@@ -705,8 +749,18 @@ impl Sim {
         let at = self.now.after(5 + self.rng.below(100));
         self.reconnect.insert(key, at);
         self.log(format!("break {} <-> {}", a + 1, b + 1));
-        self.input(a, Input::PeerDown { node: NodeId(b as u8 + 1) })?;
-        self.input(b, Input::PeerDown { node: NodeId(a as u8 + 1) })
+        self.input(
+            a,
+            Input::PeerDown {
+                node: NodeId(b as u8 + 1),
+            },
+        )?;
+        self.input(
+            b,
+            Input::PeerDown {
+                node: NodeId(a as u8 + 1),
+            },
+        )
     }
 
     /// The earliest scheduled thing: (time, kind) where kind 0 = node start,
@@ -743,7 +797,10 @@ impl Sim {
         best
     }
 
-    fn run_scheduled(&mut self, (t, kind, a, b): (Millis, u8, usize, usize)) -> Result<(), SimFailure> {
+    fn run_scheduled(
+        &mut self,
+        (t, kind, a, b): (Millis, u8, usize, usize),
+    ) -> Result<(), SimFailure> {
         self.now = self.now.max(t);
         match kind {
             0 => self.start_node(a),
@@ -801,13 +858,21 @@ impl Sim {
         self.check_answered()
     }
 
-    fn request(&mut self, n: usize, c: usize, asked: Asked, request: Request) -> Result<(), SimFailure> {
+    fn request(
+        &mut self,
+        n: usize,
+        c: usize,
+        asked: Asked,
+        request: Request,
+    ) -> Result<(), SimFailure> {
         self.tag += 1;
         let tag = self.tag;
         let id = self.clients[n][c].id;
         let step = self.step;
         self.clients[n][c].asked.insert(tag, (asked, step));
-        self.log(format!("n{} c{} asks {request:?}", n + 1, id.0).replace("value: [", "value: [.."));
+        self.log(
+            format!("n{} c{} asks {request:?}", n + 1, id.0).replace("value: [", "value: [.."),
+        );
         self.input(
             n,
             Input::Request {
@@ -861,7 +926,15 @@ impl Sim {
                 let r = self.rng.below(self.cfg.resources as u64) as usize;
                 if self.cfg.churn && !self.clients[n][c].joined.contains(&d) {
                     self.clients[n][c].joined.insert(d);
-                    return self.request(n, c, Asked::Join { d }, Request::Join { domain: dname(d), pin: false });
+                    return self.request(
+                        n,
+                        c,
+                        Asked::Join { d },
+                        Request::Join {
+                            domain: dname(d),
+                            pin: false,
+                        },
+                    );
                 }
                 let mode = self.weighted_mode();
                 let noqueue = self.rng.chance(250);
@@ -888,7 +961,8 @@ impl Sim {
                     return Ok(());
                 };
                 let lock = if self.rng.chance(500) && !locks.is_empty() {
-                    self.rng.pick(&locks.iter().map(|l| l.0).collect::<Vec<_>>())
+                    self.rng
+                        .pick(&locks.iter().map(|l| l.0).collect::<Vec<_>>())
                 } else {
                     lock
                 };
@@ -941,7 +1015,12 @@ impl Sim {
                 value[..8].copy_from_slice(&self.next_value.to_le_bytes());
                 value[8..16].copy_from_slice(&self.seed.to_le_bytes());
                 self.next_value += 1;
-                self.request(n, c, Asked::LvbSet { lock, value }, Request::LvbSet { lock, value })
+                self.request(
+                    n,
+                    c,
+                    Asked::LvbSet { lock, value },
+                    Request::LvbSet { lock, value },
+                )
             }
             80..=83 => {
                 if pending.is_empty() {
@@ -967,7 +1046,15 @@ impl Sim {
                 if waiting_join {
                     return Ok(());
                 }
-                self.request(n, c, Asked::Leave { d, force: false }, Request::Leave { domain: dname(d), force: false })
+                self.request(
+                    n,
+                    c,
+                    Asked::Leave { d, force: false },
+                    Request::Leave {
+                        domain: dname(d),
+                        force: false,
+                    },
+                )
             }
             91..=92 => {
                 if !self.rng.chance(300) {
@@ -986,7 +1073,15 @@ impl Sim {
                 if busy {
                     return Ok(());
                 }
-                self.request(n, c, Asked::Leave { d, force: true }, Request::Leave { domain: dname(d), force: true })
+                self.request(
+                    n,
+                    c,
+                    Asked::Leave { d, force: true },
+                    Request::Leave {
+                        domain: dname(d),
+                        force: true,
+                    },
+                )
             }
             93..=94 => {
                 // The client process exits: its locks go.
@@ -1099,7 +1194,12 @@ impl Sim {
         for (n, cs) in self.clients.iter().enumerate() {
             for c in cs {
                 for (tag, (a, step)) in &c.asked {
-                    let _ = write!(s, "\n  node {} client {} tag {tag} (step {step}): {a:?}", n + 1, c.id.0);
+                    let _ = write!(
+                        s,
+                        "\n  node {} client {} tag {tag} (step {step}): {a:?}",
+                        n + 1,
+                        c.id.0
+                    );
                 }
                 for (id, l) in &c.locks {
                     let _ = write!(s, "\n  node {} client {} lock {id}: {l:?}", n + 1, c.id.0);
@@ -1126,7 +1226,11 @@ impl Sim {
                 );
                 let m = dlm.master_debug(&r.domain, &r.name);
                 if !m.is_empty() {
-                    let _ = write!(s, "\n    master record: {}", m.replace("value: [", "value: [.."));
+                    let _ = write!(
+                        s,
+                        "\n    master record: {}",
+                        m.replace("value: [", "value: [..")
+                    );
                 }
             }
             for d in 0..self.cfg.domains {

@@ -105,6 +105,8 @@ fn run_case(case: &Path, cmd: &str, bindir: &Path) -> Run {
         c.current_dir(scratch.path())
             .env("PATH", path)
             .env_remove("O2CB_CONFIG_FILE")
+            // The captures were made with no cluster stack: no lockd answers.
+            .env("LOCKD_SOCKET", scratch.path().join("no-lockd.sock"))
             .stdin(Stdio::null()),
     );
     Run {

@@ -74,6 +74,8 @@ fn run_in(tool: &Path, dir: &Path, args: &[String]) -> Outcome {
             .args(args)
             .current_dir(dir)
             .env_remove("O2CB_CONFIG_FILE")
+            // As the real tool without the kernel stack: no lockd answers.
+            .env("LOCKD_SOCKET", dir.join("no-lockd.sock"))
             .stdin(Stdio::null()),
     );
     Outcome {

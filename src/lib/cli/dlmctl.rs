@@ -952,7 +952,8 @@ fn lvb_state(r: &ResourceInfo) -> String {
 }
 
 fn locks(args: &DlmctlArgs, domain: Option<&str>, json: bool) -> Res {
-    let rs = connect(args)?.locks(domain.map(str::as_bytes))?;
+    let mut client = connect(args)?;
+    let rs = client.locks(domain.map(str::as_bytes))?;
     if json {
         #[derive(Serialize)]
         struct JLvb {
@@ -969,6 +970,20 @@ fn locks(args: &DlmctlArgs, domain: Option<&str>, json: bool) -> Res {
             granted: Vec<JLock>,
             converting: Vec<JLock>,
             waiting: Vec<JLock>,
+            node_lock: Option<JNodeLock>,
+            nodes: Vec<JNodeHolder>,
+        }
+        #[derive(Serialize)]
+        struct JNodeLock {
+            granted: Option<&'static str>,
+            requested: Option<&'static str>,
+        }
+        #[derive(Serialize)]
+        struct JNodeHolder {
+            node: u8,
+            granted: Option<&'static str>,
+            requested: Option<&'static str>,
+            pid: i32,
         }
         #[derive(Serialize)]
         struct Out {
@@ -989,6 +1004,20 @@ fn locks(args: &DlmctlArgs, domain: Option<&str>, json: bool) -> Res {
                     granted: r.granted.iter().map(JLock::of).collect(),
                     converting: r.converting.iter().map(JLock::of).collect(),
                     waiting: r.waiting.iter().map(JLock::of).collect(),
+                    node_lock: r.node_lock.map(|(g, q)| JNodeLock {
+                        granted: g.map(Mode::as_str),
+                        requested: q.map(Mode::as_str),
+                    }),
+                    nodes: r
+                        .nodes
+                        .iter()
+                        .map(|n| JNodeHolder {
+                            node: n.node.0,
+                            granted: n.granted.map(Mode::as_str),
+                            requested: n.requested.map(Mode::as_str),
+                            pid: n.pid,
+                        })
+                        .collect(),
                 })
                 .collect(),
         });
@@ -1046,6 +1075,43 @@ fn locks(args: &DlmctlArgs, domain: Option<&str>, json: bool) -> Res {
         }
     }
     print_table(&t);
+    // In a cluster: the node-level locks this node knows of (its own, and
+    // every node's on the resources it masters).
+    if rs
+        .iter()
+        .any(|r| r.node_lock.is_some() || !r.nodes.is_empty())
+    {
+        let me = client.node()?;
+        let mut n = table(&[
+            "DOMAIN", "RESOURCE", "MASTER", "NODE", "HELD", "WANTS", "PID",
+        ]);
+        for r in &rs {
+            let mut rows: Vec<(u8, Option<Mode>, Option<Mode>, String)> = r
+                .nodes
+                .iter()
+                .map(|h| (h.node.0, h.granted, h.requested, h.pid.to_string()))
+                .collect();
+            if let Some((g, q)) = r.node_lock {
+                if !rows.iter().any(|row| row.0 == me.0) && (g.is_some() || q.is_some()) {
+                    rows.push((me.0, g, q, "-".into()));
+                    rows.sort_by_key(|row| row.0);
+                }
+            }
+            for (node, g, q, pid) in rows {
+                n.add_row(vec![
+                    name(&r.domain),
+                    name(&r.name),
+                    r.master.0.to_string(),
+                    node.to_string(),
+                    g.map_or("-", Mode::as_str).into(),
+                    q.map_or("-", Mode::as_str).into(),
+                    pid,
+                ]);
+            }
+        }
+        let _ = crate::cli::write_stdout(b"\nnode locks:\n");
+        print_table(&n);
+    }
     Ok(exit::OK)
 }
 
@@ -1074,6 +1140,17 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
             timeouts: u64,
             deadlocks: u64,
             basts: u64,
+            local_grants: u64,
+            remote_requests: u64,
+        }
+        #[derive(Serialize)]
+        struct JNode {
+            number: u8,
+            name: String,
+            address: String,
+            local: bool,
+            connected: bool,
+            heartbeat: bool,
         }
         #[derive(Serialize)]
         struct Out {
@@ -1089,6 +1166,7 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
             locks: usize,
             clients: usize,
             counters: Counters,
+            nodes: Vec<JNode>,
         }
         print_json(&Out {
             node: s.node.0,
@@ -1112,7 +1190,21 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
                 timeouts: k.timeouts,
                 deadlocks: k.deadlocks,
                 basts: k.basts,
+                local_grants: k.local_grants,
+                remote_requests: k.remote_requests,
             },
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| JNode {
+                    number: n.number,
+                    name: n.name.clone(),
+                    address: n.address.clone(),
+                    local: n.local,
+                    connected: n.connected,
+                    heartbeat: n.heartbeat,
+                })
+                .collect(),
         });
         return Ok(exit::OK);
     }
@@ -1148,6 +1240,35 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
     ] {
         t.add_row(vec![key.to_string(), value]);
     }
+    if s.cluster.is_some() {
+        t.add_row(vec!["local grants".to_string(), k.local_grants.to_string()]);
+        t.add_row(vec![
+            "remote requests".to_string(),
+            k.remote_requests.to_string(),
+        ]);
+    }
     print_table(&t);
+    if !s.nodes.is_empty() {
+        let mut n = table(&["NODE", "NAME", "ADDRESS", "CONNECTION", "HEARTBEAT"]);
+        for node in &s.nodes {
+            let (conn, hb) = if node.local {
+                ("local", "local")
+            } else {
+                (
+                    if node.connected { "up" } else { "down" },
+                    if node.heartbeat { "live" } else { "-" },
+                )
+            };
+            n.add_row(vec![
+                node.number.to_string(),
+                node.name.clone(),
+                node.address.clone(),
+                conn.to_string(),
+                hb.to_string(),
+            ]);
+        }
+        let _ = crate::cli::write_stdout(b"\n");
+        print_table(&n);
+    }
     Ok(exit::OK)
 }

@@ -20,6 +20,7 @@ use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory as _, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::client::{Client, ConnectOptions};
 use crate::config::file::StoreError;
 use crate::config::{
     self, Cluster, ClusterConf, ConfigLock, DEFAULT_CONFIG_FILE, DEFAULT_PORT, HeartbeatMode,
@@ -493,7 +494,7 @@ pub fn run(args: Vec<OsString>) -> u8 {
         }
     };
 
-    match execute(&mut conf, command, &say) {
+    match execute(&mut conf, &path, command, &say) {
         Done::Status(s) => s,
         Done::Modified => match config::store(&path, &conf) {
             Ok(()) => 0,
@@ -511,7 +512,7 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(std::env::args_os().collect()))
 }
 
-fn execute(conf: &mut ClusterConf, command: O2cbCommand, say: &Say) -> Done {
+fn execute(conf: &mut ClusterConf, path: &Path, command: O2cbCommand, say: &Say) -> Done {
     use O2cbCommand as C;
     let edit = |r: Result<(), config::EditError>, done: String| match r {
         Ok(()) => {
@@ -591,39 +592,128 @@ fn execute(conf: &mut ClusterConf, command: O2cbCommand, say: &Say) -> Done {
         C::ListCluster(a) => list(conf, a, Part::All, "list-cluster", say),
         C::ListNodes(a) => list(conf, a, Part::Nodes, "list-nodes", say),
         C::ListHeartbeats(a) => list(conf, a, Part::Heartbeats, "list-heartbeats", say),
-        C::RegisterCluster(a) => no_stack(conf, a, "register-cluster", true, say),
-        C::UnregisterCluster(a) => no_stack(conf, a, "unregister-cluster", false, say),
-        C::StartHeartbeat(a) => no_stack(conf, a, "start-heartbeat", true, say),
-        C::StopHeartbeat(a) => no_stack(conf, a, "stop-heartbeat", false, say),
-        C::ClusterStatus(_) => {
-            let _ = crate::cli::write_stdout(b"offline\n");
-            say.error(NO_STACK);
-            Done::Status(FAIL)
-        }
+        C::RegisterCluster(a) => stack(conf, path, a, Stack::Register, say),
+        C::UnregisterCluster(a) => stack(conf, path, a, Stack::Unregister, say),
+        C::StartHeartbeat(a) => stack(conf, path, a, Stack::Heartbeat(true), say),
+        C::StopHeartbeat(a) => stack(conf, path, a, Stack::Heartbeat(false), say),
+        C::ClusterStatus(a) => cluster_status(a, say),
     }
 }
 
 const NO_STACK: &str = "Unable to access cluster service while initializing the cluster";
 
-/// The kernel-facing commands when no cluster stack answers: what the real
-/// tool does on a machine without the o2cb modules.
-fn no_stack(
-    conf: &ClusterConf,
-    a: ClusterWord,
-    word: &str,
-    check_cluster: bool,
-    say: &Say,
-) -> Done {
+/// The kernel-facing commands, and what they ask of lockd (our cluster
+/// stack, in place of the kernel's configfs).
+#[derive(Clone, Copy)]
+enum Stack {
+    Register,
+    Unregister,
+    Heartbeat(bool),
+}
+
+impl Stack {
+    fn word(self) -> &'static str {
+        match self {
+            Stack::Register => "register-cluster",
+            Stack::Unregister => "unregister-cluster",
+            Stack::Heartbeat(true) => "start-heartbeat",
+            Stack::Heartbeat(false) => "stop-heartbeat",
+        }
+    }
+}
+
+/// Connects to lockd, never starting one: with no lockd there is no
+/// cluster stack, and the commands fail as the real tool does without the
+/// kernel modules. None (after reporting) when lockd cannot be reached.
+fn stack_client(say: &Say) -> Option<Client> {
+    let mut opts = ConnectOptions::from_env(None);
+    opts.autostart = false;
+    match Client::connect_with(&opts) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if e.is_unreachable() {
+                say.error(NO_STACK);
+            } else {
+                say.error(e);
+            }
+            None
+        }
+    }
+}
+
+fn stack(conf: &ClusterConf, path: &Path, a: ClusterWord, op: Stack, say: &Say) -> Done {
     let Some(c) = unprotect(&a.clustername) else {
-        say.usage(word);
+        say.usage(op.word());
         return Done::Status(FAIL);
     };
-    if check_cluster && conf.cluster(c).is_none() {
+    // The real tool looks the cluster up in the file before touching the
+    // kernel, except for stop-heartbeat and unregister-cluster.
+    let known = conf.cluster(c);
+    if matches!(op, Stack::Register | Stack::Heartbeat(true)) && known.is_none() {
         say.error(config::EditError::UnknownCluster(c.to_owned()));
         return Done::Status(FAIL);
     }
-    say.error(NO_STACK);
-    Done::Status(FAIL)
+    let Some(mut client) = stack_client(say) else {
+        return Done::Status(FAIL);
+    };
+    let result = match op {
+        Stack::Register => {
+            // lockd reads the file itself, from its own working directory.
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            client.register_cluster(&abs, c, None)
+        }
+        Stack::Unregister => client.unregister_cluster(c),
+        Stack::Heartbeat(start) => {
+            // Global heartbeat only: in local mode there is nothing to do.
+            if known.is_some_and(|k| k.heartbeat_mode != HeartbeatMode::Global) {
+                return Done::Status(0);
+            }
+            client.cluster_heartbeat(c, start)
+        }
+    };
+    match result {
+        Ok(()) => {
+            say.app(match op {
+                Stack::Register => format!("Registered cluster '{c}'"),
+                Stack::Unregister => format!("Unregistered cluster '{c}'"),
+                Stack::Heartbeat(true) => format!("Started global heartbeat for cluster '{c}'"),
+                Stack::Heartbeat(false) => format!("Stopped global heartbeat for cluster '{c}'"),
+            });
+            Done::Status(0)
+        }
+        Err(e) => {
+            say.error(e);
+            Done::Status(FAIL)
+        }
+    }
+}
+
+/// `cluster-status [NAME]`: `Cluster 'c' is online` (exit 0) when lockd
+/// runs that cluster (or any, with no name); `offline` (exit 1) otherwise.
+fn cluster_status(a: ClusterWord, say: &Say) -> Done {
+    let Some(mut client) = stack_client(say) else {
+        let _ = crate::cli::write_stdout(b"offline\n");
+        return Done::Status(FAIL);
+    };
+    let running = match client.status() {
+        Ok(s) => s.cluster,
+        Err(e) => {
+            let _ = crate::cli::write_stdout(b"offline\n");
+            say.error(e);
+            return Done::Status(FAIL);
+        }
+    };
+    let wanted = unprotect(&a.clustername);
+    match running {
+        Some(name) if wanted.is_none_or(|w| w == name) => {
+            let _ = crate::cli::write_stdout(format!("Cluster '{name}' is online\n").as_bytes());
+            Done::Status(0)
+        }
+        _ => {
+            let _ = crate::cli::write_stdout(b"offline\n");
+            Done::Status(FAIL)
+        }
+    }
 }
 
 /// C `strtol(s, &end, 0)` truncated to `int`, as the real tool reads

@@ -26,6 +26,7 @@ pub mod paths;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -699,6 +700,46 @@ impl Client {
             ServerReply::HbRegions(r) => Ok(r),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    fn done(&mut self, request: ClientRequest) -> Result<(), ClientError> {
+        match self.call(request)? {
+            ServerReply::Done => Ok(()),
+            ServerReply::Failed { message } => Err(ClientError::Failed(message)),
+            other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Makes a single-node lockd run `cluster` of the cluster.conf at
+    /// `conf` (a path lockd opens) as node `node` (None: lockd's host
+    /// name). A no-op when it already runs that cluster.
+    pub fn register_cluster(
+        &mut self,
+        conf: &Path,
+        cluster: &str,
+        node: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.done(ClientRequest::RegisterCluster {
+            conf: conf.as_os_str().as_bytes().to_vec(),
+            cluster: cluster.to_owned(),
+            node: node.unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// Makes lockd leave the cluster it runs and serve a single node again
+    /// (refused while domains are joined or heartbeat regions active).
+    pub fn unregister_cluster(&mut self, cluster: &str) -> Result<(), ClientError> {
+        self.done(ClientRequest::UnregisterCluster {
+            cluster: cluster.to_owned(),
+        })
+    }
+
+    /// Starts (or stops) the running cluster's global heartbeat regions.
+    pub fn cluster_heartbeat(&mut self, cluster: &str, start: bool) -> Result<(), ClientError> {
+        self.done(ClientRequest::ClusterHeartbeat {
+            cluster: cluster.to_owned(),
+            start,
+        })
     }
 
     /// The next event (a blocking notification, a lost lock, ...): one kept

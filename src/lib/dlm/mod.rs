@@ -1713,12 +1713,17 @@ impl Dlm {
                     Some(q) => (list(&q.granted), list(&q.converting), list(&q.waiting)),
                     None => Default::default(),
                 };
-                let (master, nodes) = if self.cluster.is_some() {
+                let (master, nodes, master_lvb) = if self.cluster.is_some() {
                     self.cluster_resource_view(dname, name)
                 } else {
-                    (r.map_or(self.node, |r| r.master), Vec::new())
+                    (r.map_or(self.node, |r| r.master), Vec::new(), None)
                 };
-                let lvb = r.map_or(LvbState::PRISTINE, |r| r.lvb);
+                let mut lvb = r.map_or(LvbState::PRISTINE, |r| r.lvb);
+                // The master's copy is newer than ours when another node
+                // wrote it since we last held the lock.
+                if let Some(m) = master_lvb.filter(|m| m.seq > lvb.seq) {
+                    lvb = LvbState::from_copy(&m);
+                }
                 out.push(ResourceInfo {
                     domain: dname.to_vec(),
                     name: name.to_vec(),

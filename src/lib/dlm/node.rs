@@ -34,7 +34,7 @@ impl LvbState {
             valid: self.valid,
         }
     }
-    fn from_copy(c: &LvbCopy) -> LvbState {
+    pub(super) fn from_copy(c: &LvbCopy) -> LvbState {
         LvbState {
             value: c.value,
             seq: c.seq,
@@ -1664,9 +1664,15 @@ impl Dlm {
 
     /// The master of `d/r` and every node's node lock there, when this node
     /// masters it.
-    pub(super) fn cluster_resource_view(&self, d: &[u8], r: &[u8]) -> (NodeId, Vec<NodeHolder>) {
+    /// (master, every node's node lock, the master's value block) of a
+    /// resource, as far as this node knows.
+    pub(super) fn cluster_resource_view(
+        &self,
+        d: &[u8],
+        r: &[u8],
+    ) -> (NodeId, Vec<NodeHolder>, Option<LvbCopy>) {
         let Some(dc) = self.dc(d) else {
-            return (self.node, Vec::new());
+            return (self.node, Vec::new(), None);
         };
         let master = master_of(r, &dc.m.members).unwrap_or(self.node);
         let holders = dc
@@ -1684,7 +1690,7 @@ impl Dlm {
                     .collect()
             })
             .unwrap_or_default();
-        (master, holders)
+        (master, holders, dc.mastered.get(r).map(|m| m.lvb.clone()))
     }
 
     /// Names of the resources this node masters in `d` (for listings).

@@ -657,3 +657,28 @@ fn listings_and_json_keys() {
         0
     );
 }
+
+/// A listing far larger than a request frame (64 KiB) comes through whole.
+#[test]
+fn large_listings_are_not_cut_off() {
+    let l = Lockd::start();
+    let mut c = o2tools::client::Client::connect(&l.socket).unwrap();
+    c.join(b"big", true).unwrap();
+    let opts = o2tools::client::LockOptions::default();
+    for i in 0..3000 {
+        let name = format!("resource-{i:05}");
+        let id = c
+            .lock(b"big", name.as_bytes(), o2tools::dlm::Mode::EX, &opts)
+            .unwrap();
+        c.lvb_set(id, name.as_bytes()).unwrap();
+        c.unlock(id).unwrap();
+    }
+    let (rc, out, err) = l.run(&["locks", "--json", "big"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.len() > 10 * 64 * 1024, "{} bytes", out.len());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rs = v["resources"].as_array().unwrap();
+    assert_eq!(rs.len(), 3000);
+    assert_eq!(rs[2999]["name"], "resource-02999");
+    assert_eq!(rs[2999]["lvb"]["seq"], 1);
+}

@@ -650,6 +650,7 @@ impl Client {
             domain: domain.map(<[u8]>::to_vec),
         })? {
             ServerReply::Locks(l) => Ok(l),
+            ServerReply::Failed { message } => Err(ClientError::Failed(message)),
             other => Err(ClientError::Protocol(format!("unexpected reply {other:?}"))),
         }
     }

@@ -125,6 +125,16 @@ pub enum SettingsError {
         /// What is accepted.
         range: RangeInclusive<u32>,
     },
+    /// Values that are each in range but do not work together.
+    #[error(
+        "network.keepalive_delay_ms = {keepalive} must be less than network.idle_timeout_ms = {idle} (a quiet connection would time out before its keepalive)"
+    )]
+    KeepaliveNotBelowIdle {
+        /// The keepalive delay.
+        keepalive: u32,
+        /// The idle timeout.
+        idle: u32,
+    },
     /// An `O2CB_*` value that is not a number.
     #[error("{}:{line}: {key} must be a number of {unit}, not '{value}'", path.display())]
     NotANumber {
@@ -227,6 +237,13 @@ impl SettingsFiles {
                 source,
             })?;
             apply_toml(&mut s, path, &text)?;
+        }
+        // As o2net requires.
+        if s.network.keepalive_delay_ms >= s.network.idle_timeout_ms {
+            return Err(SettingsError::KeepaliveNotBelowIdle {
+                keepalive: s.network.keepalive_delay_ms,
+                idle: s.network.idle_timeout_ms,
+            });
         }
         Ok(s)
     }
@@ -368,6 +385,26 @@ mod tests {
         assert_eq!(s.network.idle_timeout_ms, 30_000);
         assert_eq!(s.network.keepalive_delay_ms, 2000);
         assert_eq!(s.network.reconnect_delay_ms, 2000);
+    }
+
+    #[test]
+    fn keepalive_must_be_below_idle_timeout() {
+        let (_d, f) = files(
+            None,
+            Some("[network]\nidle_timeout_ms = 2000\nkeepalive_delay_ms = 2000\n"),
+        );
+        let e = f.load().unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "keepalive_delay_ms = 2000 must be less than network.idle_timeout_ms = 2000"
+            ),
+            "{e}"
+        );
+        let (_d, f) = files(
+            None,
+            Some("[network]\nidle_timeout_ms = 2001\nkeepalive_delay_ms = 2000\n"),
+        );
+        assert!(f.load().is_ok());
     }
 
     #[test]

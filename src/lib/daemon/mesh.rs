@@ -692,8 +692,6 @@ impl Mesh {
                     },
                     now,
                 );
-                let rest = std::mem::take(&mut c.rbuf);
-                c.rbuf = rest;
                 self.tokens.insert(token, n);
                 let link = self.links.get_mut(&n).expect("checked");
                 link.conn = Some(c);

@@ -8,6 +8,11 @@
 //! buffers that are flushed before the loop sleeps again — one `write` per
 //! connection per turn, no lock, no thread hop.
 //!
+//! In a cluster ([`mesh`]) the same loop also owns the TCP connections to
+//! the other nodes' lockd: peer frames are decoded and fed to the core as
+//! peer inputs, and the core's messages to other nodes are queued on those
+//! connections; disk heartbeat runs on threads that report to the loop.
+//!
 //! A malformed or oversized frame gets an error message and that connection
 //! is closed; nothing a client sends can stop the loop. SIGTERM and SIGINT
 //! stop it cleanly and remove the socket file.
@@ -99,7 +104,7 @@ fn running_pid(path: &std::path::Path) -> Option<u32> {
 
 /// Buffered output larger than this means the client is not reading: it is
 /// disconnected rather than allowed to grow lockd's memory.
-const MAX_PENDING_OUTPUT: usize = 8 << 20;
+const MAX_PENDING_OUTPUT: usize = proto::MAX_REPLY_FRAME + (8 << 20);
 
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
@@ -475,6 +480,9 @@ impl Loop<'_> {
         self.mesh = Some(mesh);
         self.node = node;
         self.dlm = Dlm::new_cluster(node, config);
+        // The settle wait counts from now, not from the first request.
+        let now = self.now();
+        self.dlm.handle(now, Input::Tick);
         self.reconnect_clients();
         for r in regions {
             if let Err(e) = self.cluster_region(&r, true) {
@@ -750,8 +758,23 @@ impl Loop<'_> {
                     self.send(token, &ServerMsg::Reply { tag, reply });
                 }
                 ClientRequest::Locks { domain } => {
-                    let reply = ServerReply::Locks(self.dlm.resources(domain.as_deref()));
-                    self.send(token, &ServerMsg::Reply { tag, reply });
+                    let resources = self.dlm.resources(domain.as_deref());
+                    let count = resources.len();
+                    let msg = ServerMsg::Reply {
+                        tag,
+                        reply: ServerReply::Locks(resources),
+                    };
+                    let frame = proto::encode_server(&msg);
+                    if frame.len() - 4 > proto::MAX_REPLY_FRAME {
+                        let message = format!(
+                            "the listing of {count} resources is too large ({} bytes, at most {}); list one domain",
+                            frame.len() - 4,
+                            proto::MAX_REPLY_FRAME
+                        );
+                        self.reply_failed(token, tag, message);
+                    } else if let Some(c) = self.conns.get_mut(&token) {
+                        c.wbuf.extend_from_slice(&frame);
+                    }
                 }
                 ClientRequest::HbStart { target, service } => {
                     self.hb_start(token, tag, target, service)

@@ -100,7 +100,8 @@ pub enum PeerMsg {
         req: u64,
         /// Approved.
         ok: bool,
-        /// The domain's epoch at this node (0: not a member).
+        /// The domain's epoch at this node (0: it never took part; a node that
+        /// left keeps its last epoch, and `members` says whether it is in).
         epoch: u64,
         /// Its members at this node.
         members: Vec<NodeId>,

@@ -1,9 +1,10 @@
 //! The lock manager core: a pure state machine.
 //!
 //! Inputs go in through [`Dlm::handle`] (a client connected, a client request,
-//! a client gone, a timer tick), each with the current time; what the outside
-//! world must do comes out of [`Dlm::poll_action`] (replies and events for
-//! clients). [`Dlm::next_deadline`] says when to call back with
+//! a client gone, a timer tick, and in a cluster a peer up, down, or its
+//! message), each with the current time; what the outside world must do
+//! comes out of [`Dlm::poll_action`] (replies and events for clients, and
+//! in a cluster messages to send to other nodes). [`Dlm::next_deadline`] says when to call back with
 //! [`Input::Tick`]. There are no sockets, threads, clocks or randomness here:
 //! the same inputs always give the same actions, which is what lets the
 //! simulator drive the very code lockd runs.
@@ -1657,24 +1658,28 @@ impl Dlm {
 
     /// Every domain, sorted by name.
     pub fn domains(&self) -> Vec<DomainInfo> {
+        let mut views: BTreeMap<Vec<u8>, (u64, Vec<NodeId>)> = self
+            .cluster_domains()
+            .into_iter()
+            .map(|v| (v.name, (v.epoch, v.members)))
+            .collect();
+        let mut locks: BTreeMap<&[u8], usize> = BTreeMap::new();
+        for l in self.locks.values() {
+            *locks.entry(&l.domain[..]).or_default() += 1;
+        }
         self.domains
             .iter()
-            .map(|(name, d)| DomainInfo {
-                name: name.to_vec(),
-                pinned: d.pinned,
-                users: d.users.len(),
-                resources: d.resources.len(),
-                locks: self.locks.values().filter(|l| l.domain == *name).count(),
-                epoch: self
-                    .cluster_domains()
-                    .into_iter()
-                    .find(|v| v.name == name[..])
-                    .map_or(0, |v| v.epoch),
-                members: self
-                    .cluster_domains()
-                    .into_iter()
-                    .find(|v| v.name == name[..])
-                    .map_or(Vec::new(), |v| v.members),
+            .map(|(name, d)| {
+                let (epoch, members) = views.remove(&name[..]).unwrap_or_default();
+                DomainInfo {
+                    name: name.to_vec(),
+                    pinned: d.pinned,
+                    users: d.users.len(),
+                    resources: d.resources.len(),
+                    locks: locks.get(&name[..]).copied().unwrap_or(0),
+                    epoch,
+                    members,
+                }
             })
             .collect()
     }

@@ -1,7 +1,8 @@
 //! The client wire protocol between lockd and its clients (see `docs/PROTOCOL.md`).
 //!
 //! A connection is a stream of frames: a 4-byte little-endian payload length,
-//! then the payload (at most [`MAX_FRAME`] bytes). The first frame from the
+//! then the payload (at most [`MAX_FRAME`] bytes from a client,
+//! [`MAX_REPLY_FRAME`] from lockd). The first frame from the
 //! client is [`ClientMsg::Hello`] with the protocol version; lockd answers
 //! [`ServerMsg::Welcome`] or [`ServerMsg::Error`] and closes. After that the
 //! client sends requests, each with a tag; lockd answers each with a
@@ -25,8 +26,11 @@ pub mod peer;
 pub const PROTOCOL_VERSION: u16 = 3;
 /// Magic at the start of the hello.
 pub const MAGIC: &[u8; 4] = b"o2tl";
-/// Largest payload accepted.
+/// Largest payload accepted from a client (requests are small).
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest payload accepted from lockd (a listing of many resources is
+/// large; lockd refuses a listing that would not fit).
+pub const MAX_REPLY_FRAME: usize = 64 << 20;
 
 /// A message from a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -874,14 +878,14 @@ impl<'a> R<'a> {
     }
 }
 
-/// Splits off one frame: `Ok(None)` if incomplete, else the payload and the
-/// number of bytes it used.
-pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
+/// Splits off one frame of at most `max` payload bytes: `Ok(None)` if
+/// incomplete, else the payload and the number of bytes it used.
+pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, DecodeError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_le_bytes(buf[..4].try_into().expect("4")) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(DecodeError::TooLarge(len));
     }
     if buf.len() < 4 + len {
@@ -936,7 +940,7 @@ fn get_request(r: &mut R<'_>) -> Result<Request, DecodeError> {
 
 /// Decodes one client frame from the front of `buf`.
 pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, DecodeError> {
-    let Some((payload, used)) = split_frame(buf)? else {
+    let Some((payload, used)) = split_frame(buf, MAX_FRAME)? else {
         return Ok(None);
     };
     let mut r = R {
@@ -1102,7 +1106,7 @@ fn get_counters(r: &mut R<'_>) -> Result<Counters, DecodeError> {
 
 /// Decodes one server frame from the front of `buf`.
 pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeError> {
-    let Some((payload, used)) = split_frame(buf)? else {
+    let Some((payload, used)) = split_frame(buf, MAX_REPLY_FRAME)? else {
         return Ok(None);
     };
     let mut r = R {
@@ -1142,7 +1146,8 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                         counters: get_counters(&mut r)?,
                     },
                     nodes: {
-                        let n = r.count(10)?;
+                        // Smallest node: number, two empty strings, three flags.
+                        let n = r.count(8)?;
                         (0..n)
                             .map(|_| {
                                 Ok(NodeStatus {
@@ -1652,6 +1657,40 @@ mod tests {
         let (_, used) = decode_client(&b).unwrap().unwrap();
         assert_eq!(used, first);
         assert!(decode_client(&b[used..]).unwrap().is_some());
+    }
+
+    #[test]
+    fn replies_may_be_larger_than_requests() {
+        let many: Vec<ResourceInfo> = (0..2000u32)
+            .map(|i| ResourceInfo {
+                domain: b"d".to_vec(),
+                name: format!("resource-{i}").into_bytes(),
+                master: NodeId(1),
+                lvb: LvbInfo {
+                    value: [7; LVB_LEN],
+                    seq: u64::from(i),
+                    valid: true,
+                },
+                granted: Vec::new(),
+                converting: Vec::new(),
+                waiting: Vec::new(),
+                node_lock: None,
+                nodes: Vec::new(),
+            })
+            .collect();
+        let msg = ServerMsg::Reply {
+            tag: 9,
+            reply: ServerReply::Locks(many),
+        };
+        let frame = encode_server(&msg);
+        assert!(frame.len() > MAX_FRAME);
+        let (back, used) = decode_server(&frame).unwrap().unwrap();
+        assert_eq!((back, used), (msg, frame.len()));
+        let big = ((MAX_REPLY_FRAME + 1) as u32).to_le_bytes();
+        assert_eq!(
+            decode_server(&big),
+            Err(DecodeError::TooLarge(MAX_REPLY_FRAME + 1))
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Config {
 }
 
 /// What a run did (for the test's summary line).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Peer messages delivered.
     pub messages: u64,

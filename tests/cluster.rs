@@ -1,0 +1,1065 @@
+//! Three real lockd processes on 127.0.0.1, .2 and .3 as one cluster:
+//! contention across nodes, FIFO order across nodes, value blocks, node-level
+//! caching and its give-back on a bast, lockd refusing a node that is not
+//! configured, and `scripts/dev-cluster.sh`.
+//!
+//! Each test writes its own cluster.conf with our `o2cb` in a temporary
+//! directory and picks a port from the test process's pid. Every bound is
+//! generous (a shared 2-CPU machine is slow to wake); a dlmctl that hangs is
+//! killed and fails the test instead of hanging it. lockd and background
+//! dlmctl processes are killed by pid (or process group) when the test ends,
+//! whether it passed or not, and a failing test prints the end of every
+//! node's log. The tests run one at a time.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{bin, output};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use o2tools::dlm::{NodeId, master_of};
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bound for anything that waits on the cluster (start, settle, a bast and
+/// its answer).
+const WAIT_S: u64 = 60;
+/// Bound for one dlmctl run: past it the run is killed and the test fails.
+const CMD_S: u64 = 90;
+const CLUSTER: &str = "testc";
+
+/// Polls `f` every 50 ms until it is true; panics naming `what` after `secs`.
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Runs `cmd` in its own process group with the output captured; kills the
+/// group and panics if it does not finish within `secs`.
+fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = so.read_to_end(&mut s);
+        s
+    });
+    let te = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = se.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+            panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = String::from_utf8_lossy(&to.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    (code_of(status), out, err)
+}
+
+fn code_of(st: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+/// A port for this test: derived from the pid (below the ephemeral range),
+/// a new one for every cluster of this process, and free on the addresses
+/// of `nodes` nodes right now.
+fn pick_port(nodes: u8) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 1000) as u16 * 20;
+    for _ in 0..200 {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let free = (1..=nodes).all(|k| {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, k), p)).is_ok()
+        });
+        if free {
+            return p;
+        }
+    }
+    panic!("no free port near {base}");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// No disk heartbeat (`heartbeat_mode = local`, no region).
+    Local,
+    /// One global region: a file formatted by `hb_ctl format`.
+    Global,
+}
+
+/// A background process (dlmctl holding or waiting for a lock) in its own
+/// process group, killed with its group when dropped.
+struct Bg {
+    child: Child,
+    what: String,
+}
+
+impl Bg {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn wait(&mut self, secs: u64) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return code_of(st);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish within {secs} s",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// One configured node and, once started, its lockd.
+struct Node {
+    name: String,
+    number: u8,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of lockd processes on loopback, killed by pid when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    settings: PathBuf,
+    port: u16,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Writes cluster.conf (with our o2cb), a heartbeat region when global,
+    /// and the settings; starts nothing.
+    fn configure(n: u8, hb: Heartbeat) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("cluster.conf");
+        let port = pick_port(n);
+        let o2cb = |args: &[&str]| {
+            let out = output(
+                Command::new(bin("o2cb"))
+                    .args(args)
+                    .env("O2CB_CONFIG_FILE", &conf),
+            );
+            assert!(
+                out.status.success(),
+                "o2cb {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        o2cb(&["add-cluster", CLUSTER]);
+        let mut nodes = Vec::new();
+        for k in 1..=n {
+            let name = format!("node{k}");
+            o2cb(&[
+                "add-node",
+                CLUSTER,
+                &name,
+                "--ip",
+                &format!("127.0.0.{k}"),
+                "--port",
+                &port.to_string(),
+                "--number",
+                &k.to_string(),
+            ]);
+            nodes.push(Node {
+                socket: dir.path().join(format!("{name}.sock")),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                number: k,
+                child: None,
+            });
+        }
+        if hb == Heartbeat::Global {
+            let region = dir.path().join("heartbeat.img");
+            std::fs::File::create(&region)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+            let out = output(
+                Command::new(bin("hb_ctl"))
+                    .args(["format", "--no-autostart"])
+                    .arg(&region),
+            );
+            assert!(
+                out.status.success(),
+                "hb_ctl format: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            o2cb(&["add-heartbeat", CLUSTER, region.to_str().unwrap()]);
+            o2cb(&["heartbeat-mode", CLUSTER, "global"]);
+        }
+        // A long dead time and idle timeout: no test here kills a node, and a
+        // busy machine must not make a live one look dead.
+        let settings = dir.path().join("lockd.toml");
+        std::fs::write(
+            &settings,
+            "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 30\n\
+             [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
+             reconnect_delay_ms = 200\n",
+        )
+        .unwrap();
+        Cluster {
+            dir,
+            conf,
+            settings,
+            port,
+            nodes,
+        }
+    }
+
+    /// Configures and starts `n` nodes, and waits until every node answers
+    /// and sees every other one connected (and live, with a region).
+    fn start(n: u8, hb: Heartbeat) -> Cluster {
+        let mut c = Cluster::configure(n, hb);
+        for i in 0..c.nodes.len() {
+            let child = c.lockd(&c.nodes[i].name).spawn().unwrap();
+            c.nodes[i].child = Some(child);
+        }
+        for i in 0..c.nodes.len() {
+            c.wait_answers(i);
+        }
+        for i in 0..c.nodes.len() {
+            wait_for(
+                &format!("{} sees every node connected", c.nodes[i].name),
+                WAIT_S,
+                || {
+                    let st = c.status(i);
+                    st["nodes"].as_array().is_some_and(|ns| {
+                        ns.len() == c.nodes.len()
+                            && ns.iter().all(|x| {
+                                x["local"] == true
+                                    || (x["connected"] == true
+                                        && (hb == Heartbeat::Local || x["heartbeat"] == true))
+                            })
+                    })
+                },
+            );
+        }
+        c
+    }
+
+    /// The command that runs node `name`'s lockd, its output to its log.
+    fn lockd(&self, name: &str) -> Command {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut cmd = Command::new(bin("lockd"));
+        cmd.arg("--socket")
+            .arg(self.dir.path().join(format!("{name}.sock")))
+            .arg("--settings")
+            .arg(&self.settings)
+            .arg("--config")
+            .arg(&self.conf)
+            .args(["--cluster", CLUSTER, "--node", name])
+            .env_remove("LOCKD_SETTINGS")
+            .env_remove("LOCKD_SOCKET")
+            .env(
+                "RUST_LOG",
+                "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug",
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd
+    }
+
+    fn wait_answers(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
+        loop {
+            if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "lockd of {} exited ({st}); log:\n{}",
+                    self.nodes[i].name,
+                    self.log(i)
+                );
+            }
+            let (code, _, _) = run_bounded(self.dlmctl(i).args(["status"]), CMD_S);
+            if code == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lockd of {} does not answer; log:\n{}",
+                self.nodes[i].name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// dlmctl against node `i` (0-based): its socket, no autostart.
+    fn dlmctl(&self, i: usize) -> Command {
+        let mut c = Command::new(bin("dlmctl"));
+        c.env("LOCKD_SOCKET", &self.nodes[i].socket)
+            .env("LOCKD_NO_AUTOSTART", "1")
+            .env("O2CB_CONFIG_FILE", &self.conf)
+            .env_remove("DLM_DOMAIN")
+            .env_remove("DLM_RESOURCE")
+            .env_remove("DLM_LOCK_ID")
+            .env_remove("DLM_MODE");
+        c
+    }
+
+    /// Runs dlmctl on node `i`; (status, stdout, stderr).
+    fn run(&self, i: usize, args: &[&str]) -> (i32, String, String) {
+        run_bounded(self.dlmctl(i).args(args), CMD_S)
+    }
+
+    /// Runs dlmctl on node `i` and requires exit status 0; its stdout.
+    fn ok(&self, i: usize, args: &[&str]) -> String {
+        let (code, out, err) = self.run(i, args);
+        assert_eq!(code, 0, "dlmctl {args:?} on {}: {err}", self.nodes[i].name);
+        out
+    }
+
+    /// Starts dlmctl on node `i` in the background (own process group).
+    fn spawn(&self, i: usize, args: &[&str]) -> Bg {
+        let mut c = self.dlmctl(i);
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        Bg {
+            child: c.spawn().unwrap(),
+            what: format!("dlmctl {args:?} on {}", self.nodes[i].name),
+        }
+    }
+
+    fn status(&self, i: usize) -> Value {
+        json(&self.ok(i, &["status", "--json"]))
+    }
+
+    fn counter(&self, i: usize, key: &str) -> u64 {
+        let st = self.status(i);
+        st["counters"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counters.{key} in dlmctl status --json: {st}"))
+    }
+
+    /// Node `i`'s view of `domain/resource` in `dlmctl locks --json`.
+    fn resource(&self, i: usize, domain: &str, resource: &str) -> Option<Value> {
+        let v = json(&self.ok(i, &["locks", "--json", domain]));
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["domain"] == domain && r["name"] == resource)
+            .cloned()
+    }
+
+    /// The local locks of node `i` on the resource in one of its queues.
+    fn local(&self, i: usize, domain: &str, resource: &str, queue: &str) -> Vec<Value> {
+        self.resource(i, domain, resource)
+            .and_then(|r| r[queue].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Index of the node that masters the resource, as node `i` says.
+    fn master_index(&self, i: usize, domain: &str, resource: &str) -> usize {
+        let r = self
+            .resource(i, domain, resource)
+            .unwrap_or_else(|| panic!("{domain}/{resource} unknown on node {}", i + 1));
+        let m = r["master"].as_u64().expect("a master") as u8;
+        self.nodes
+            .iter()
+            .position(|n| n.number == m)
+            .unwrap_or_else(|| panic!("master {m} is not a node"))
+    }
+
+    /// The master's entry for node `number`'s node lock, if it has one.
+    fn node_lock_at_master(&self, domain: &str, resource: &str, number: u8) -> Option<Value> {
+        // Ask a node that knows the resource (one without a lock on it may
+        // have forgotten it).
+        let m = (0..self.nodes.len())
+            .find(|&i| self.resource(i, domain, resource).is_some())
+            .map(|i| self.master_index(i, domain, resource))?;
+        let r = self.resource(m, domain, resource)?;
+        let nodes = r["nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no \"nodes\" key in the master's dlmctl locks --json: {r}"));
+        nodes.iter().find(|x| x["node"] == number).cloned()
+    }
+
+    /// Node `i`'s own node lock on the resource (`node_lock`; null: none,
+    /// as when the node no longer lists the resource).
+    fn node_lock(&self, i: usize, domain: &str, resource: &str) -> Value {
+        let Some(r) = self.resource(i, domain, resource) else {
+            return Value::Null;
+        };
+        assert!(
+            r.get("node_lock").is_some(),
+            "no \"node_lock\" key in dlmctl locks --json: {r}"
+        );
+        r["node_lock"].clone()
+    }
+
+    /// Every node joins the domain (so mastery is spread over all of them).
+    fn join_all(&self, domain: &str) {
+        for i in 0..self.nodes.len() {
+            self.ok(i, &["join", domain]);
+        }
+        for i in 0..self.nodes.len() {
+            wait_for(
+                &format!("node {} lists domain {domain}", i + 1),
+                WAIT_S,
+                || {
+                    json(&self.ok(i, &["domains", "--json"]))["domains"]
+                        .as_array()
+                        .is_some_and(|ds| ds.iter().any(|d| d["name"] == domain))
+                },
+            );
+        }
+    }
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        self.nodes.iter().map(|n| NodeId(n.number)).collect()
+    }
+
+    /// A resource name (`prefix` + a number) whose master over all the
+    /// nodes satisfies `want`.
+    fn resource_mastered(&self, prefix: &str, want: impl Fn(u8) -> bool) -> String {
+        let members = self.members();
+        (0..1000)
+            .map(|k| format!("{prefix}{k}"))
+            .find(|name| want(master_of(name.as_bytes(), &members).unwrap().0))
+            .expect("some name has such a master")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(child) = n.child.as_mut() {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                eprintln!("---- end of {}'s log (port {}) ----", n.name, self.port);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// (a) An EX lock held on node 1 makes a trylock on node 2 (and node 3)
+/// busy, naming node 1 and the holder's pid; once it is released, node 2
+/// gets the lock at once, trylock included.
+#[test]
+fn contention_across_nodes_names_the_holder_and_ends_with_the_release() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Global);
+    let holder = c.spawn(0, &["lock", "--ex", "d", "r", "--", "sleep", "600"]);
+    wait_for("node 1 holds d/r", WAIT_S, || {
+        c.local(0, "d", "r", "granted")
+            .iter()
+            .any(|l| l["pid"] == holder.pid())
+    });
+    for i in [1, 2] {
+        let (code, _, err) = c.run(i, &["lock", "-n", "d", "r", "--", "true"]);
+        assert_eq!(code, 75, "trylock on node {}: {err}", i + 1);
+        assert!(
+            err.contains(&format!(
+                "dlmctl: busy: d/r held EX by node 1 pid {}",
+                holder.pid()
+            )),
+            "node {}: {err}",
+            i + 1
+        );
+    }
+    // A bounded wait is busy too, and a shared lock conflicts as well.
+    let (code, _, err) = c.run(1, &["lock", "-w", "0.5", "d", "r", "--", "true"]);
+    assert_eq!(code, 75, "{err}");
+    let (code, _, err) = c.run(2, &["lock", "-n", "--pr", "d", "r", "--", "true"]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("by node 1"), "{err}");
+
+    // Killing the holder's process group releases the lock.
+    drop(holder);
+    wait_for("node 1 releases d/r", WAIT_S, || {
+        c.local(0, "d", "r", "granted").is_empty()
+    });
+    // Node 1 still caches its node lock; a trylock elsewhere makes it give
+    // the lock back rather than fail.
+    let (code, out, err) = c.run(
+        1,
+        &[
+            "lock",
+            "-n",
+            "--ex",
+            "d",
+            "r",
+            "--",
+            "sh",
+            "-c",
+            "echo $DLM_MODE",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "EX\n"), "{err}");
+    let (code, _, err) = c.run(2, &["lock", "-w", "30", "--ex", "d", "r", "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// (b) Waiters from nodes 2, 3, 1, 2, 3 and 1, queued in that order behind
+/// a holder on node 1, get the lock in that order: a node that has the lock
+/// does not serve its later local waiters before earlier waiters elsewhere.
+#[test]
+fn waiters_on_different_nodes_are_granted_in_fifo_order() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Global);
+    c.join_all("q");
+    let id = c.ok(0, &["lock", "--ex", "q", "fifo"]);
+    assert!(id.trim().parse::<u64>().is_ok(), "{id}");
+    let file = c.dir.path().join("order");
+    let f = file.to_str().unwrap();
+    let master = c.master_index(0, "q", "fifo");
+    let mut waiters = Vec::new();
+    for (n, i) in [1usize, 2, 0, 1, 2, 0].into_iter().enumerate() {
+        let script = format!("echo node{} >> {f}", i + 1);
+        waiters.push(c.spawn(i, &["lock", "--ex", "q", "fifo", "--", "sh", "-c", &script]));
+        let pid = waiters.last().unwrap().pid();
+        // Queued on its own node...
+        wait_for(&format!("node {} queues its waiter", i + 1), WAIT_S, || {
+            let mut q = c.local(i, "q", "fifo", "waiting");
+            q.extend(c.local(i, "q", "fifo", "converting"));
+            q.iter().any(|l| l["pid"] == pid)
+        });
+        // ...and, in the first round, from another node than the holder's,
+        // on the master (later ones wait behind their node's first).
+        if n < 3 && i != 0 {
+            wait_for(
+                &format!("the master (node {}) queues node {}", master + 1, i + 1),
+                WAIT_S,
+                || {
+                    c.node_lock_at_master("q", "fifo", c.nodes[i].number)
+                        .is_some_and(|x| x["requested"] == "EX")
+                },
+            );
+        }
+    }
+    assert!(!file.exists(), "nobody ran while node 1 held the lock");
+    c.ok(0, &["unlock", "q", "fifo"]);
+    for w in &mut waiters {
+        assert_eq!(w.wait(WAIT_S), 0, "{}", w.what);
+    }
+    let order = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(order, "node2\nnode3\nnode1\nnode2\nnode3\nnode1\n");
+}
+
+/// (c) A value block written on node 1 is read on nodes 2 and 3; one
+/// written on node 3 is read on node 1 (local heartbeat mode: no region).
+#[test]
+fn value_block_written_on_one_node_is_read_on_the_others() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Local);
+    assert_eq!(c.status(0)["mode"], "cluster");
+    c.ok(0, &["lvb", "set", "v", "r", "written-on-node1"]);
+    for i in [1, 2] {
+        assert_eq!(c.ok(i, &["lvb", "get", "v", "r"]), "written-on-node1\n");
+    }
+    c.ok(2, &["lvb", "set", "v", "r", "then-node3"]);
+    assert_eq!(c.ok(0, &["lvb", "get", "v", "r"]), "then-node3\n");
+    let v = json(&c.ok(1, &["lvb", "get", "--json", "v", "r"]));
+    assert_eq!(v["text"], "then-node3");
+    assert_eq!(v["valid"], true);
+    // Under a lock held on node 2, lvb get reads through that lock.
+    let (code, out, err) = run_bounded(
+        c.dlmctl(1)
+            .args(["lock", "--pr", "v", "r", "--"])
+            .arg(bin("dlmctl"))
+            .args(["lvb", "get", "v", "r"]),
+        CMD_S,
+    );
+    assert_eq!((code, out.as_str()), (0, "then-node3\n"), "{err}");
+}
+
+/// (d) A second lock on node 1 of a resource mastered elsewhere is granted
+/// from node 1's cached node lock: no request goes to the master.
+#[test]
+fn a_cached_node_lock_grants_again_without_a_message() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Global);
+    c.join_all("cache");
+    let res = c.resource_mastered("cached-", |m| m != 1);
+    let r = res.as_str();
+    let remote0 = c.counter(0, "remote_requests");
+    c.ok(0, &["lock", "--ex", "cache", r, "--", "true"]);
+    let master = c.master_index(0, "cache", r);
+    assert_ne!(
+        master, 0,
+        "{r} should be mastered by another node than node 1"
+    );
+    assert_eq!(
+        c.nodes[master].number,
+        master_of(r.as_bytes(), &c.members()).unwrap().0,
+        "the master is the rendezvous hash over the domain's members"
+    );
+    let remote1 = c.counter(0, "remote_requests");
+    let local1 = c.counter(0, "local_grants");
+    assert!(remote1 > remote0, "the first lock asked the master");
+    // Released locally, still held by the node.
+    assert_eq!(c.node_lock(0, "cache", r)["granted"], "EX");
+    assert!(
+        c.node_lock_at_master("cache", r, 1)
+            .is_some_and(|x| x["granted"] == "EX"),
+        "the master sees node 1's node lock at EX"
+    );
+
+    c.ok(0, &["lock", "--ex", "cache", r, "--", "true"]);
+    assert_eq!(
+        c.counter(0, "remote_requests"),
+        remote1,
+        "the second lock sent nothing to the master"
+    );
+    let local2 = c.counter(0, "local_grants");
+    assert!(local2 > local1, "local_grants {local1} -> {local2}");
+    // A compatible lower mode is covered by the cached EX as well.
+    c.ok(0, &["lock", "--pr", "cache", r, "--", "true"]);
+    assert_eq!(c.counter(0, "remote_requests"), remote1);
+    assert!(c.counter(0, "local_grants") > local2);
+}
+
+/// (e) Node 1's cached node lock is given back when node 2 asks: node 2
+/// gets EX (the master, node 3, sent node 1 a bast), and then node 1 gets
+/// it back the same way. Node 2 lists nodes 1 and 3 as connected.
+#[test]
+fn a_bast_makes_a_node_give_back_its_cached_lock() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Global);
+    c.join_all("bast");
+    let res = c.resource_mastered("basted-", |m| m == 3);
+    let r = res.as_str();
+    c.ok(0, &["lock", "--ex", "bast", r, "--", "true"]);
+    assert_eq!(c.master_index(0, "bast", r), 2);
+    assert_eq!(
+        c.node_lock(0, "bast", r)["granted"],
+        "EX",
+        "cached on node 1"
+    );
+
+    let (code, out, err) = c.run(
+        1,
+        &[
+            "lock",
+            "-w",
+            "30",
+            "--ex",
+            "bast",
+            r,
+            "--",
+            "sh",
+            "-c",
+            "echo $DLM_MODE",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "EX\n"), "{err}");
+    let n1 = c.node_lock(0, "bast", r);
+    assert!(
+        n1.is_null() || n1["granted"].is_null() || n1["granted"] == "NL",
+        "node 1 gave its EX back: {n1}"
+    );
+    assert!(
+        c.node_lock_at_master("bast", r, 2)
+            .is_some_and(|x| x["granted"] == "EX"),
+        "the master lists node 2 at EX"
+    );
+    // And back to node 1.
+    let (code, _, err) = c.run(0, &["lock", "-w", "30", "--ex", "bast", r, "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+
+    let st = c.status(1);
+    assert_eq!(st["mode"], "cluster");
+    assert_eq!(st["cluster"], CLUSTER);
+    let nodes = st["nodes"].as_array().expect("nodes in status --json");
+    let by = |n: u64| {
+        nodes
+            .iter()
+            .find(|x| x["number"] == n)
+            .unwrap_or_else(|| panic!("node {n} missing: {st}"))
+    };
+    assert_eq!(by(2)["local"], true);
+    assert_eq!(by(2)["name"], "node2");
+    for n in [1, 3] {
+        let x = by(n);
+        assert_eq!(x["local"], false, "{x}");
+        assert_eq!(x["connected"], true, "{x}");
+        assert_eq!(x["heartbeat"], true, "{x}");
+        assert_eq!(x["name"], format!("node{n}"));
+        assert_eq!(x["address"], format!("127.0.0.{n}:{}", c.port));
+    }
+}
+
+/// The busy line names a process that holds the lock. Known bug: after a
+/// lock was granted from node 1's cached node lock, the master still names
+/// the pid of the process that first took the node lock, which has exited.
+#[test]
+#[ignore = "bug: busy names the pid that first took the cached node lock"]
+fn busy_names_a_current_holder_after_a_cached_grant() {
+    let _s = serial();
+    let c = Cluster::start(3, Heartbeat::Global);
+    c.join_all("p");
+    c.ok(0, &["lock", "--ex", "p", "r", "--", "true"]);
+    let holder = c.spawn(0, &["lock", "--ex", "p", "r", "--", "sleep", "600"]);
+    wait_for("node 1 holds p/r", WAIT_S, || {
+        c.local(0, "p", "r", "granted")
+            .iter()
+            .any(|l| l["pid"] == holder.pid())
+    });
+    let (code, _, err) = c.run(1, &["lock", "-n", "p", "r", "--", "true"]);
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains(&format!("by node 1 pid {}", holder.pid())),
+        "the holder is pid {}: {err}",
+        holder.pid()
+    );
+}
+
+/// (f) lockd will not run a node that cluster.conf does not list, and says
+/// which nodes it does list.
+#[test]
+fn lockd_refuses_a_node_not_in_cluster_conf() {
+    let c = Cluster::configure(3, Heartbeat::Local);
+    let sock = c.dir.path().join("stranger.sock");
+    let (code, out, err) = run_bounded(
+        Command::new(bin("lockd"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--settings")
+            .arg(&c.settings)
+            .arg("--config")
+            .arg(&c.conf)
+            .args(["--node", "stranger"])
+            .env_remove("LOCKD_SETTINGS"),
+        CMD_S,
+    );
+    assert_ne!(code, 0, "lockd ran an unknown node; stdout: {out}");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("stranger"), "{err}");
+    assert!(err.contains("node1, node2, node3"), "{err}");
+    assert!(!sock.exists(), "no socket for a node that cannot run");
+    // An unknown cluster is named with the configured ones.
+    let (code, _, err) = run_bounded(
+        Command::new(bin("lockd"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--config")
+            .arg(&c.conf)
+            .args(["--cluster", "other", "--node", "node1"])
+            .env_remove("LOCKD_SETTINGS"),
+        CMD_S,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("other") && err.contains(CLUSTER), "{err}");
+}
+
+// ---- scripts/dev-cluster.sh ---------------------------------------------------
+
+fn dev_cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-cluster.sh")
+}
+
+/// The script and the lockds it started; everything is killed when
+/// dropped, whatever happened.
+struct DevCluster {
+    child: Child,
+    pids: Vec<i32>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl DevCluster {
+    fn start(n: u8, dir: Option<&Path>, tmp: &Path, port: u16) -> DevCluster {
+        let out = tmp.join("dev-cluster.out");
+        let err = tmp.join("dev-cluster.err");
+        let mut cmd = Command::new("bash");
+        cmd.arg(dev_cluster_script()).arg(n.to_string());
+        if let Some(d) = dir {
+            cmd.arg(d);
+        }
+        let child = cmd
+            .env("O2TOOLS_BIN", bin("lockd").parent().unwrap())
+            .env("DEV_CLUSTER_PORT", port.to_string())
+            .env("TMPDIR", tmp)
+            .env_remove("LOCKD_SOCKET")
+            .env_remove("LOCKD_SETTINGS")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        DevCluster {
+            child,
+            pids: Vec::new(),
+            out,
+            err,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the `nodeK: LOCKD_SOCKET=PATH ... # lockd pid N` lines;
+    /// returns (socket, pid) per node.
+    fn wait_ready(&mut self, n: u8) -> Vec<(PathBuf, i32)> {
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
+        loop {
+            let text = self.output();
+            let nodes: Vec<(PathBuf, i32)> = (1..=n)
+                .filter_map(|k| {
+                    let line = text
+                        .lines()
+                        .find(|l| l.starts_with(&format!("node{k}: LOCKD_SOCKET=")))?;
+                    let sock = line
+                        .split_once("LOCKD_SOCKET=")?
+                        .1
+                        .split_whitespace()
+                        .next()?;
+                    let pid = line
+                        .split_once("lockd pid ")?
+                        .1
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()?;
+                    Some((PathBuf::from(sock), pid))
+                })
+                .collect();
+            if nodes.len() == n as usize {
+                self.pids = nodes.iter().map(|x| x.1).collect();
+                return nodes;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!(
+                    "dev-cluster.sh exited ({st}) before it was ready:\n{text}\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dev-cluster.sh not ready within {WAIT_S} s:\n{text}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `sig` to the script alone and waits for it to exit.
+    fn stop(&mut self, sig: Signal) -> i32 {
+        kill(Pid::from_raw(self.child.id() as i32), sig).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return code_of(st);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dev-cluster.sh did not stop on {sig:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        for &p in &self.pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+}
+
+fn dlmctl_at(sock: &Path) -> Command {
+    let mut c = Command::new(bin("dlmctl"));
+    c.env("LOCKD_SOCKET", sock)
+        .env("LOCKD_NO_AUTOSTART", "1")
+        .env("O2CB_CONFIG_FILE", "/nonexistent/cluster.conf")
+        .env_remove("DLM_DOMAIN")
+        .env_remove("DLM_RESOURCE")
+        .env_remove("DLM_LOCK_ID");
+    c
+}
+
+/// (g) `scripts/dev-cluster.sh 3` runs three nodes that share locks and
+/// value blocks; SIGTERM stops every lockd it started and removes the
+/// directory it made.
+#[test]
+fn dev_cluster_script_runs_a_cluster_and_sigterm_stops_it() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dc = DevCluster::start(3, None, tmp.path(), pick_port(3));
+    let nodes = dc.wait_ready(3);
+    let dir = nodes[0].0.parent().unwrap().to_owned();
+    assert!(
+        dir.starts_with(tmp.path()),
+        "the script's directory {} is made under TMPDIR",
+        dir.display()
+    );
+    assert!(dir.join("cluster.conf").is_file());
+    // Each printed socket is a lockd of the cluster whose pid was printed.
+    for (k, (sock, pid)) in nodes.iter().enumerate() {
+        let (code, out, err) = run_bounded(dlmctl_at(sock).args(["status", "--json"]), CMD_S);
+        assert_eq!(code, 0, "{err}");
+        let st = json(&out);
+        assert_eq!(st["pid"], *pid);
+        assert_eq!(st["mode"], "cluster");
+        assert_eq!(st["node"], k + 1);
+    }
+    let (code, _, err) = run_bounded(
+        dlmctl_at(&nodes[0].0).args(["lvb", "set", "dev", "r", "set-on-node1"]),
+        CMD_S,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run_bounded(
+        dlmctl_at(&nodes[1].0)
+            .args(["lock", "--ex", "dev", "r", "--"])
+            .arg(bin("dlmctl"))
+            .args(["lvb", "get", "dev", "r"]),
+        CMD_S,
+    );
+    assert_eq!((code, out.as_str()), (0, "set-on-node1\n"), "{err}");
+
+    let code = dc.stop(Signal::SIGTERM);
+    assert_eq!(code, 0, "{}", dc.stderr());
+    wait_for("every lockd of the script is gone", WAIT_S, || {
+        nodes.iter().all(|(_, pid)| gone(*pid))
+    });
+    assert!(!dir.exists(), "the directory it made is removed");
+}
+
+/// (g) With a directory given, SIGINT (Ctrl-C) stops the cluster too, and
+/// the directory, its cluster.conf and the logs stay.
+#[test]
+fn dev_cluster_script_keeps_a_given_directory_and_stops_on_sigint() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let given = tmp.path().join("mycluster");
+    let mut dc = DevCluster::start(2, Some(&given), tmp.path(), pick_port(2));
+    let nodes = dc.wait_ready(2);
+    assert_eq!(nodes[0].0, given.join("node1.sock"));
+    // Written by o2cb: global heartbeat on the region file in the directory.
+    let conf = std::fs::read_to_string(given.join("cluster.conf")).unwrap();
+    assert!(conf.contains("\theartbeat_mode = global\n"), "{conf}");
+    assert!(
+        conf.contains(&format!(
+            "\tregion = {}\n",
+            given.join("heartbeat.img").display()
+        )),
+        "{conf}"
+    );
+    assert!(conf.contains("\tip_address = 127.0.0.2\n"), "{conf}");
+    let (code, _, err) = run_bounded(
+        dlmctl_at(&nodes[1].0).args(["lock", "--ex", "dev", "r", "--", "true"]),
+        CMD_S,
+    );
+    assert_eq!(code, 0, "{err}");
+    let code = dc.stop(Signal::SIGINT);
+    assert_eq!(code, 0, "{}", dc.stderr());
+    wait_for("every lockd of the script is gone", WAIT_S, || {
+        nodes.iter().all(|(_, pid)| gone(*pid))
+    });
+    assert!(given.join("cluster.conf").is_file());
+    assert!(given.join("node1.log").is_file());
+    assert!(
+        !given.join("node1.sock").exists(),
+        "lockd removed its socket"
+    );
+}
+
+/// The script refuses a node count out of range, with exit status 2.
+#[test]
+fn dev_cluster_script_refuses_a_bad_node_count() {
+    for bad in ["0", "17", "x", "-1", "999999999999999999999"] {
+        let (code, out, err) = run_bounded(
+            Command::new("bash")
+                .arg(dev_cluster_script())
+                .arg(bad)
+                .env("O2TOOLS_BIN", bin("lockd").parent().unwrap()),
+            CMD_S,
+        );
+        assert_eq!(code, 2, "{bad}: {out}{err}");
+        assert!(err.contains("usage:"), "{bad}: {err}");
+        assert!(err.contains(bad), "{bad}: {err}");
+    }
+    let (code, _, err) = run_bounded(Command::new("bash").arg(dev_cluster_script()), CMD_S);
+    assert_eq!(code, 2, "{err}");
+}

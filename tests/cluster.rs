@@ -756,11 +756,10 @@ fn a_bast_makes_a_node_give_back_its_cached_lock() {
     }
 }
 
-/// The busy line names a process that holds the lock. Known bug: after a
-/// lock was granted from node 1's cached node lock, the master still names
-/// the pid of the process that first took the node lock, which has exited.
+/// The busy line names a process that holds the lock now: after a lock was
+/// granted from node 1's cached node lock, not the process that first took
+/// the node lock (it has exited; the probed node names a current holder).
 #[test]
-#[ignore = "bug: busy names the pid that first took the cached node lock"]
 fn busy_names_a_current_holder_after_a_cached_grant() {
     let _s = serial();
     let c = Cluster::start(3, Heartbeat::Global);

@@ -235,6 +235,9 @@ pub enum PeerMsg {
         epoch: u64,
         /// The resource.
         resource: Vec<u8>,
+        /// A process holding it there now (0: unknown), for "busy" messages:
+        /// the one that took the node lock may be long gone.
+        pid: i32,
     },
     /// The master stored an LVB written back.
     LvbStored {
@@ -717,7 +720,12 @@ impl MasterRes {
     }
 
     /// A probed holder cannot come down: the trylocks probing it fail.
-    pub fn probe_busy(&mut self, holder: NodeId, out: &mut Vec<MasterOut>) {
+    pub fn probe_busy(&mut self, holder: NodeId, pid: i32, out: &mut Vec<MasterOut>) {
+        if let Some(l) = self.locks.get_mut(&holder) {
+            if pid != 0 {
+                l.pid = pid;
+            }
+        }
         let probing: Vec<NodeId> = self
             .locks
             .iter()
@@ -1096,7 +1104,7 @@ mod tests {
             "{out:?}"
         );
         out.clear();
-        m.probe_busy(NodeId(2), &mut out);
+        m.probe_busy(NodeId(2), 0, &mut out);
         assert!(
             matches!(
                 &out[..],

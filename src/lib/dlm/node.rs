@@ -191,6 +191,18 @@ impl Dlm {
             .collect()
     }
 
+    /// The process of a local lock on `d/r` whose granted mode conflicts
+    /// with `mode` (the first in queue order).
+    fn local_blocker_pid(&self, d: &[u8], r: &[u8], mode: Mode) -> Option<i32> {
+        let q = self.domains.get(d)?.resources.get(r)?.queues.as_deref()?;
+        q.granted
+            .iter()
+            .chain(&q.converting)
+            .map(|id| &self.locks[id])
+            .find(|l| l.granted.is_some_and(|g| !g.compatible(mode)))
+            .map(|l| l.cred.pid)
+    }
+
     /// The local request the node lock should be raised for: the first
     /// conversion the local holders allow, or, with none queued, the first
     /// new request if they allow it. (lock, mode, conversion, trylock)
@@ -502,12 +514,12 @@ impl Dlm {
                 m.unlock(from, &mut out);
                 self.master_out(&d, &resource, out);
             }
-            PeerMsg::ProbeBusy { resource, .. } => {
+            PeerMsg::ProbeBusy { resource, pid, .. } => {
                 let mut out = Vec::new();
                 let Some(m) = self.mastered(&d, &resource, from, None) else {
                     return;
                 };
-                m.probe_busy(from, &mut out);
+                m.probe_busy(from, pid, &mut out);
                 self.master_out(&d, &resource, out);
             }
             PeerMsg::Sync { entries, .. } => self.on_sync(from, &d, entries),
@@ -780,17 +792,22 @@ impl Dlm {
             // A trylock elsewhere: come down at once if nothing here uses
             // the mode, else say busy.
             let pending = node.pending.is_some();
+            let fallback = node.pid;
             let local = self.local_held(d, r);
             match down_to(mode.bit(), &local, held) {
                 Ok(t) if !pending => self.send_down(d, r, t),
-                _ => self.send(
-                    master,
-                    PeerMsg::ProbeBusy {
-                        domain: d.to_vec(),
-                        epoch,
-                        resource: r.to_vec(),
-                    },
-                ),
+                _ => {
+                    let pid = self.local_blocker_pid(d, r, mode).unwrap_or(fallback);
+                    self.send(
+                        master,
+                        PeerMsg::ProbeBusy {
+                            domain: d.to_vec(),
+                            epoch,
+                            resource: r.to_vec(),
+                            pid,
+                        },
+                    )
+                }
             }
         } else {
             node.blocked |= mode.bit();

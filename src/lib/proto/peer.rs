@@ -44,7 +44,7 @@ use super::DecodeError;
 use crate::dlm::{LvbCopy, MAX_NAME_LEN, Mode, NodeFailure, NodeId, PeerMsg, ReportEntry};
 
 /// Version of the peer protocol; the handshake refuses any other.
-pub const PEER_VERSION: u16 = 1;
+pub const PEER_VERSION: u16 = 2;
 /// Magic at the start of a handshake.
 pub const PEER_MAGIC: &[u8; 4] = b"o2pr";
 /// Largest frame payload accepted (a Report of many resources can be big).
@@ -330,11 +330,13 @@ impl Writer<'_> {
                 domain,
                 epoch,
                 resource,
+                pid,
             } => {
                 self.u8(13);
                 self.name(domain);
                 self.u64(*epoch);
                 self.name(resource);
+                self.i32(*pid);
             }
             PeerMsg::LvbStored {
                 domain,
@@ -622,6 +624,7 @@ impl<'a> Reader<'a> {
                 domain: self.name()?,
                 epoch: self.u64()?,
                 resource: self.name()?,
+                pid: self.i32()?,
             },
             14 => PeerMsg::LvbStored {
                 domain: self.name()?,
@@ -883,6 +886,7 @@ mod tests {
                 domain: dom.clone(),
                 epoch: 27,
                 resource: b"res".to_vec(),
+                pid: 4242,
             },
             PeerMsg::LvbStored {
                 domain: dom.clone(),
@@ -1155,6 +1159,7 @@ mod tests {
             domain: b"d".to_vec(),
             epoch: 1,
             resource: long,
+            pid: 1,
         }));
         assert_eq!(
             decode_peer(&b),
@@ -1410,10 +1415,13 @@ mod tests {
                     probe
                 }
             ),
-            (name(), u(), name()).prop_map(|(domain, epoch, resource)| PeerMsg::ProbeBusy {
-                domain,
-                epoch,
-                resource
+            (name(), u(), name(), any::<i32>()).prop_map(|(domain, epoch, resource, pid)| {
+                PeerMsg::ProbeBusy {
+                    domain,
+                    epoch,
+                    resource,
+                    pid,
+                }
             }),
             (name(), u(), name(), u()).prop_map(|(domain, epoch, resource, seq)| {
                 PeerMsg::LvbStored {

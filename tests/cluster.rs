@@ -1,7 +1,8 @@
 //! Three real lockd processes on 127.0.0.1, .2 and .3 as one cluster:
 //! contention across nodes, FIFO order across nodes, value blocks, node-level
 //! caching and its give-back on a bast, lockd refusing a node that is not
-//! configured, and `scripts/dev-cluster.sh`.
+//! configured, `scripts/dev-cluster.sh`, and recovery after kill -9 of a
+//! node's lockd (shared heartbeat file, short dead time).
 //!
 //! Each test writes its own cluster.conf with our `o2cb` in a temporary
 //! directory and picks a port from the test process's pid. Every bound is
@@ -264,7 +265,11 @@ impl Cluster {
     /// Configures and starts `n` nodes, and waits until every node answers
     /// and sees every other one connected (and live, with a region).
     fn start(n: u8, hb: Heartbeat) -> Cluster {
-        let mut c = Cluster::configure(n, hb);
+        Cluster::launch(Cluster::configure(n, hb), hb)
+    }
+
+    /// Starts every configured node and waits as [`Cluster::start`] does.
+    fn launch(mut c: Cluster, hb: Heartbeat) -> Cluster {
         for i in 0..c.nodes.len() {
             let child = c.lockd(&c.nodes[i].name).spawn().unwrap();
             c.nodes[i].child = Some(child);
@@ -318,6 +323,21 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd
+    }
+
+    /// kill -9 of node `i`'s lockd.
+    fn kill9(&mut self, i: usize) {
+        let child = self.nodes[i].child.as_mut().expect("running");
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        self.nodes[i].child = None;
+    }
+
+    /// Starts node `i`'s lockd again (a new incarnation) and waits for it.
+    fn restart(&mut self, i: usize) {
+        let child = self.lockd(&self.nodes[i].name).spawn().unwrap();
+        self.nodes[i].child = Some(child);
+        self.wait_answers(i);
     }
 
     fn wait_answers(&mut self, i: usize) {
@@ -1061,4 +1081,92 @@ fn dev_cluster_script_refuses_a_bad_node_count() {
     }
     let (code, _, err) = run_bounded(Command::new("bash").arg(dev_cluster_script()), CMD_S);
     assert_eq!(code, 2, "{err}");
+}
+
+/// kill -9 of the lockd holding EX (and having written the value block) lets
+/// a waiter on another node in within the dead time plus two intervals plus
+/// 3 s; the value block is then reported invalid on every survivor; the
+/// killed node restarts with a new incarnation, rejoins, and locks again,
+/// and a new write makes the value valid everywhere.
+#[test]
+fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
+    let _s = serial();
+    let c = Cluster::configure(3, Heartbeat::Global);
+    // Dead time 3 x 1000 ms.
+    std::fs::write(
+        &c.settings,
+        "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 3\n\
+         [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
+         reconnect_delay_ms = 200\n",
+    )
+    .unwrap();
+    let mut c = Cluster::launch(c, Heartbeat::Global);
+    c.join_all("rec");
+    // Mastered by a survivor or by node 1 itself: both must recover.
+    for (k, resource) in [
+        c.resource_mastered("s", |m| m == 2),
+        c.resource_mastered("m", |m| m == 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = resource.as_str();
+        let victim = 0;
+        if k == 1 {
+            // The first round killed node 1: it is back and a member again.
+            c.restart(victim);
+            wait_for("node 1 sees the others again", WAIT_S, || {
+                c.status(victim)["nodes"].as_array().is_some_and(|ns| {
+                    ns.iter().all(|x| {
+                        x["local"] == true || (x["connected"] == true && x["heartbeat"] == true)
+                    })
+                })
+            });
+            c.ok(victim, &["join", "rec"]);
+        }
+        c.ok(victim, &["lock", "--ex", "rec", r]);
+        c.ok(victim, &["lvb", "set", "rec", r, "before the crash"]);
+        let mut waiter = c.spawn(1, &["lock", "--ex", "rec", r, "--", "true"]);
+        wait_for("node 2's request waits", WAIT_S, || {
+            !c.local(1, "rec", r, "waiting").is_empty()
+        });
+        let t0 = Instant::now();
+        c.kill9(victim);
+        let code = waiter.wait(CMD_S);
+        let took = t0.elapsed();
+        assert_eq!(code, 0, "the waiter on node 2 got the lock");
+        // dead time + 2 intervals + 3 s
+        let bound = Duration::from_millis(3 * 1000 + 2 * 1000 + 3000);
+        assert!(
+            took < bound,
+            "{r}: node 2 waited {took:?} after the kill (bound {bound:?})"
+        );
+        for i in [1, 2] {
+            let (code, out, err) = c.run(i, &["lvb", "get", "rec", r]);
+            assert_eq!(
+                code,
+                3,
+                "{r} on node {}: value reported invalid ({out}{err})",
+                i + 1
+            );
+        }
+        // A new write under EX makes it valid again, everywhere.
+        let dlmctl = bin("dlmctl");
+        let dlmctl = dlmctl.to_str().unwrap();
+        c.ok(
+            2,
+            &[
+                "lock", "--ex", "rec", r, "--", dlmctl, "lvb", "set", "rec", r, "after",
+            ],
+        );
+        let (code, out, err) = c.run(1, &["lvb", "get", "rec", r]);
+        assert_eq!((code, out.trim_end()), (0, "after"), "{err}");
+    }
+    // The last victim comes back too and takes part.
+    c.restart(0);
+    wait_for("node 1 rejoins and locks", WAIT_S, || {
+        c.run(0, &["lock", "-n", "rec", "fresh", "--", "true"]).0 == 0
+    });
+    let st = c.status(1);
+    assert_eq!(st["nodes"][0]["connected"], true, "{st}");
 }

@@ -89,7 +89,7 @@ impl RegionThread {
 }
 
 /// A random non-zero generation, from the kernel's generator.
-fn random_generation() -> u64 {
+pub(super) fn random_generation() -> u64 {
     let mut b = [0u8; 8];
     loop {
         // SAFETY: getrandom writes at most b.len() bytes into b.

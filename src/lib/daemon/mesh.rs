@@ -174,6 +174,9 @@ pub enum MeshEvent {
     Up(u8),
     /// The connection to the node is gone.
     Down(u8),
+    /// The node's lockd restarted (a new incarnation connected): its old
+    /// incarnation is dead, its locks gone. Comes before the `Up`.
+    Restarted(u8),
     /// A message from the node.
     Msg(u8, PeerMsg),
 }
@@ -227,6 +230,13 @@ struct Link {
     retry_at: Option<Instant>,
     /// Last refusal or connect error, for status and to log once.
     last_error: Option<String>,
+    /// The incarnation of the node's lockd last connected.
+    generation: Option<u64>,
+    /// An incarnation declared dead: it may not come back.
+    dead_generation: Option<u64>,
+    /// The connection up now is a new incarnation's, reported as
+    /// [`MeshEvent::Restarted`].
+    restart_reported: bool,
 }
 
 /// A configured node's connection state, for status listings.
@@ -258,6 +268,10 @@ pub struct Mesh {
     keepalive: Duration,
     idle: Duration,
     reconnect: Duration,
+    /// This lockd's incarnation, sent in the handshake.
+    generation: u64,
+    /// Reused for reads (not zeroed for each one).
+    scratch: Box<[u8]>,
 }
 
 impl Mesh {
@@ -306,6 +320,8 @@ impl Mesh {
             keepalive: Duration::from_millis(u64::from(settings.network.keepalive_delay_ms.max(1))),
             idle: Duration::from_millis(u64::from(settings.network.idle_timeout_ms.max(1))),
             reconnect: Duration::from_millis(u64::from(settings.network.reconnect_delay_ms)),
+            generation: super::heartbeat::random_generation(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
         })
     }
 
@@ -567,6 +583,7 @@ impl Mesh {
                 from: self.setup.node,
                 from_name: self.setup.nodes[&self.setup.node].name.clone(),
                 to: n,
+                generation: self.generation,
             };
             c.push(&hello, now);
         }
@@ -585,7 +602,7 @@ impl Mesh {
             if c.connecting {
                 return;
             }
-            let eof = read_all(&mut c.stream, &mut c.rbuf);
+            let eof = read_all(&mut c.stream, &mut c.rbuf, &mut self.scratch);
             c.last_rx = now;
             if !self.process_link(n, epoll, out) {
                 return;
@@ -600,6 +617,7 @@ impl Mesh {
     /// Decodes a link's frames; false if the link was dropped.
     fn process_link(&mut self, n: u8, epoll: &Epoll, out: &mut Vec<MeshEvent>) -> bool {
         loop {
+            let dead_generation = self.links[&n].dead_generation;
             let c = self
                 .links
                 .get_mut(&n)
@@ -620,11 +638,20 @@ impl Mesh {
             match frame {
                 PeerFrame::Msg(m) if c.up => out.push(MeshEvent::Msg(n, m)),
                 PeerFrame::Keepalive if c.up => {}
-                PeerFrame::Welcome { node } if !c.up && node == n => {
+                PeerFrame::Welcome { generation, .. } if dead_generation == Some(generation) => {
+                    self.note_error(
+                        n,
+                        format!("node {n} was declared dead and its locks recovered; its lockd must restart"),
+                    );
+                    self.drop_link(n, epoll, out);
+                    return false;
+                }
+                PeerFrame::Welcome { node, generation } if !c.up && node == n => {
                     c.up = true;
                     let link = self.links.get_mut(&n).expect("link");
                     link.last_error = None;
                     info!(node = n, "connected to peer");
+                    Self::new_generation(link, n, generation, out);
                     out.push(MeshEvent::Up(n));
                 }
                 PeerFrame::Refused { reason } => {
@@ -644,7 +671,7 @@ impl Mesh {
     /// A connection accepted and not yet identified.
     fn accepted_event(&mut self, token: u64, epoll: &Epoll, out: &mut Vec<MeshEvent>) {
         let c = self.accepted.get_mut(&token).expect("accepted");
-        let eof = read_all(&mut c.stream, &mut c.rbuf);
+        let eof = read_all(&mut c.stream, &mut c.rbuf, &mut self.scratch);
         let frame = match peer::decode_peer(&c.rbuf) {
             Ok(Some((f, used))) => {
                 c.rbuf.drain(..used);
@@ -689,14 +716,20 @@ impl Mesh {
                 c.push(
                     &PeerFrame::Welcome {
                         node: self.setup.node,
+                        generation: self.generation,
                     },
                     now,
                 );
                 self.tokens.insert(token, n);
+                let generation = match frame {
+                    PeerFrame::Hello { generation, .. } => generation,
+                    _ => 0,
+                };
                 let link = self.links.get_mut(&n).expect("checked");
                 link.conn = Some(c);
                 link.last_error = None;
                 info!(node = n, "peer connected");
+                Self::new_generation(link, n, generation, out);
                 out.push(MeshEvent::Up(n));
                 // Frames that came right behind the hello.
                 if self.process_link(n, epoll, out) {
@@ -717,6 +750,7 @@ impl Mesh {
             from,
             from_name,
             to,
+            generation,
         } = frame
         else {
             return Err("expected a hello".into());
@@ -762,6 +796,11 @@ impl Mesh {
                 "node {from} must connect from {}, not {}",
                 p.addr.ip(),
                 peer_ip.map_or_else(|| "?".into(), |i| i.to_string())
+            ));
+        }
+        if self.links[from].dead_generation == Some(*generation) {
+            return Err(format!(
+                "node {from} was declared dead and its locks recovered; its lockd must restart"
             ));
         }
         Ok(*from)
@@ -823,6 +862,41 @@ impl Mesh {
         }
     }
 
+    /// Records the incarnation a connection came from; a different one
+    /// than before means the node restarted.
+    fn new_generation(link: &mut Link, n: u8, generation: u64, out: &mut Vec<MeshEvent>) {
+        let restarted = link.generation.is_some_and(|g| g != generation);
+        if restarted {
+            info!(
+                node = n,
+                "peer restarted (new incarnation): its old locks are gone"
+            );
+            out.push(MeshEvent::Restarted(n));
+        }
+        link.restart_reported =
+            restarted || (link.restart_reported && link.generation == Some(generation));
+        link.generation = Some(generation);
+    }
+
+    /// Whether node `n` is connected and its restart (a new incarnation) was
+    /// already reported.
+    pub fn restart_reported(&self, n: u8) -> bool {
+        self.links
+            .get(&n)
+            .is_some_and(|l| l.restart_reported && l.conn.as_ref().is_some_and(|c| c.up))
+    }
+
+    /// Drops the connection to node `n` (declared dead): a later connection
+    /// from it is a new start.
+    pub fn disconnect(&mut self, n: u8, epoll: &Epoll, out: &mut Vec<MeshEvent>) {
+        if let Some(l) = self.links.get_mut(&n) {
+            if l.generation.is_some() {
+                l.dead_generation = l.generation;
+            }
+        }
+        self.drop_link(n, epoll, out);
+    }
+
     /// Closes a link's connection; the connecting side retries later.
     fn drop_link(&mut self, n: u8, epoll: &Epoll, out: &mut Vec<MeshEvent>) {
         let me = self.setup.node;
@@ -845,10 +919,9 @@ impl Mesh {
 }
 
 /// Reads everything available; true at end of stream or on error.
-fn read_all(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 64 * 1024];
+fn read_all(stream: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> bool {
     loop {
-        match stream.read(&mut chunk) {
+        match stream.read(chunk) {
             Ok(0) => return true,
             Ok(k) => {
                 buf.extend_from_slice(&chunk[..k]);

@@ -295,6 +295,7 @@ impl Daemon {
             regions: BTreeMap::new(),
             next_region: 1,
             live_union: BTreeSet::new(),
+            hb_restarted: BTreeSet::new(),
             start: Instant::now(),
             opts: &self.opts,
         };
@@ -341,6 +342,9 @@ struct Loop<'a> {
     next_region: u64,
     /// Nodes alive on any region, as last told to the core.
     live_union: BTreeSet<u8>,
+    /// Nodes the heartbeat saw restart (a new generation in their slot):
+    /// their connection may already be the new incarnation's.
+    hb_restarted: BTreeSet<u8>,
     /// Read buffer shared by all connections (zeroed once, not per read).
     scratch: Box<[u8]>,
     epoll: Epoll,
@@ -441,6 +445,9 @@ impl Loop<'_> {
         let now = self.now();
         for ev in std::mem::take(&mut self.mesh_out) {
             let input = match ev {
+                // Its old incarnation is dead: recovered from before the
+                // new one is believed.
+                MeshEvent::Restarted(n) => Input::NodeDown { node: NodeId(n) },
                 MeshEvent::Up(n) => Input::PeerUp { node: NodeId(n) },
                 MeshEvent::Down(n) => Input::PeerDown { node: NodeId(n) },
                 MeshEvent::Msg(n, msg) => Input::Peer {
@@ -1110,6 +1117,13 @@ impl Loop<'_> {
                         }
                         _ => {}
                     }
+                    if let liveness::Event::NodeDown {
+                        node,
+                        reason: liveness::DownReason::GenerationChanged,
+                    } = ev
+                    {
+                        self.hb_restarted.insert(*node);
+                    }
                 }
                 e.live = live;
                 e.steady = e.steady || steady;
@@ -1179,12 +1193,32 @@ impl Loop<'_> {
             self.dlm
                 .handle(self.start_elapsed(), Input::NodeUp { node: NodeId(*n) });
         }
-        for n in self.live_union.difference(&now) {
-            self.dlm
-                .handle(self.start_elapsed(), Input::NodeDown { node: NodeId(*n) });
-        }
+        let dead: Vec<u8> = self.live_union.difference(&now).copied().collect();
         self.live_union = now;
-        self.route();
+        let restarted = std::mem::take(&mut self.hb_restarted);
+        for n in dead {
+            // A restart the handshake already reported (the new incarnation
+            // is connected, maybe a member again): nothing more to do.
+            if restarted.contains(&n) && self.mesh.as_ref().is_some_and(|m| m.restart_reported(n)) {
+                continue;
+            }
+            self.dlm
+                .handle(self.start_elapsed(), Input::NodeDown { node: NodeId(n) });
+            // A node that stopped heartbeating: its connection, if any, is
+            // the dead incarnation's, and that incarnation may not come
+            // back. One that restarted: the handshake tells the incarnations
+            // apart, and the connection may already be the new one's.
+            if !restarted.contains(&n) {
+                if let Some(m) = self.mesh.as_mut() {
+                    m.disconnect(n, &self.epoll, &mut self.mesh_out);
+                }
+            }
+        }
+        if self.mesh_out.is_empty() {
+            self.route();
+        } else {
+            self.feed_mesh();
+        }
     }
 
     fn start_elapsed(&self) -> Millis {

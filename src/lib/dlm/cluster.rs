@@ -71,6 +71,9 @@ pub struct ReportEntry {
     pub lvb: Option<LvbCopy>,
     /// The resource's LVB as kept by this node when it was the master.
     pub master_lvb: Option<LvbCopy>,
+    /// A node lost (dead) in this change held PW or EX on it, as far as this
+    /// node knows: its value block cannot be trusted.
+    pub lost_writer: bool,
 }
 
 /// Why a node-level request failed.
@@ -105,6 +108,9 @@ pub enum PeerMsg {
         epoch: u64,
         /// Its members at this node.
         members: Vec<NodeId>,
+        /// The epoch of a change this node is frozen in (0: none): a
+        /// change after it must have a higher epoch.
+        frozen: u64,
     },
     /// The asking node gives up; release the approval.
     Cancel {
@@ -125,6 +131,8 @@ pub enum PeerMsg {
         new: Vec<NodeId>,
         /// Who drives the change.
         initiator: NodeId,
+        /// Members declared dead: they neither report nor stay (recovery).
+        lost: Vec<NodeId>,
     },
     /// One node's locks and LVBs for the resources the receiver masters in `epoch`.
     Report {
@@ -363,6 +371,12 @@ pub(super) struct ClusterState {
     pub started: Option<Millis>,
     /// The last number given to a node-lock request.
     pub next_seq: u64,
+    /// Nodes declared dead (by heartbeat or quorum) and not back since:
+    /// they are recovered from, and nothing they send is believed.
+    pub dead: BTreeSet<NodeId>,
+    /// Dead nodes that came back (a new incarnation, believed again): a
+    /// late freeze naming the old one lost must not kill the new one.
+    pub revived: BTreeSet<NodeId>,
 }
 
 /// A domain's cluster-level state on this node.
@@ -389,6 +403,10 @@ pub(super) struct DomainCluster {
     /// Peers reconnected while this node was changing membership: they get
     /// a Sync once it runs again.
     pub resync: BTreeSet<NodeId>,
+    /// Nodes that held PW or EX on the resources this node gave up
+    /// mastering (or was told of in reports) in a change not completed yet:
+    /// if one of them dies before it completes, its value block is suspect.
+    pub writers: BTreeMap<Box<[u8]>, BTreeSet<NodeId>>,
 }
 
 /// A node's view of one domain's membership.
@@ -409,15 +427,39 @@ pub(super) struct Frozen {
     pub old: BTreeSet<NodeId>,
     pub new: BTreeSet<NodeId>,
     pub initiator: NodeId,
+    /// Dead members: no report is awaited from them.
+    pub lost: BTreeSet<NodeId>,
     /// Reports received (the sender's entries for us).
     pub reports: BTreeMap<NodeId, Vec<ReportEntry>>,
+}
+
+impl Frozen {
+    /// The nodes whose reports the rebuild needs.
+    pub fn reporters(&self) -> BTreeSet<NodeId> {
+        self.old
+            .union(&self.new)
+            .filter(|n| !self.lost.contains(n))
+            .copied()
+            .collect()
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct Op {
     pub req: u64,
-    pub leave: bool,
+    pub kind: OpKind,
     pub phase: OpPhase,
+}
+
+/// What a membership change of this node's is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OpKind {
+    /// This node joins.
+    Join,
+    /// This node leaves.
+    Leave,
+    /// Dead members are removed (this node stays as it is).
+    Recover,
 }
 
 #[derive(Debug)]
@@ -425,7 +467,8 @@ pub(super) enum OpPhase {
     /// Waiting for every connected node's answer.
     Asking {
         asked: BTreeSet<NodeId>,
-        answers: BTreeMap<NodeId, (bool, u64, Vec<NodeId>)>,
+        /// (ok, epoch, members, epoch frozen in) per node.
+        answers: BTreeMap<NodeId, (bool, u64, Vec<NodeId>, u64)>,
     },
     /// Refused; ask again at this time.
     Retry(Millis),
@@ -436,6 +479,7 @@ pub(super) enum OpPhase {
         new: BTreeSet<NodeId>,
         ready: BTreeSet<NodeId>,
         approvers: BTreeSet<NodeId>,
+        lost: BTreeSet<NodeId>,
     },
 }
 

@@ -410,8 +410,9 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
-    /// Disk heartbeat says a node is dead. (Recovery of its locks comes with
-    /// the recovery layer; for now the core records liveness.)
+    /// A node is declared dead (its disk heartbeat stopped, or it lost
+    /// quorum): in a cluster, every domain it was in recovers without it;
+    /// a later [`Input::PeerUp`] from it is a new incarnation.
     NodeDown {
         /// The node.
         node: NodeId,
@@ -765,6 +766,7 @@ impl Dlm {
             }
             Input::NodeDown { node } => {
                 self.live.remove(&node);
+                self.node_dead(node);
             }
             Input::PeerUp { node } => self.peer_up(now, node),
             Input::PeerDown { node } => self.peer_down(node),

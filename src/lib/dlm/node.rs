@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::cluster::{
     ClusterConfig, ClusterState, DomainCluster, DomainView, Frozen, LvbCopy, MasterOut, MasterRes,
-    NodeFailure, NodeHolder, NodeLock, NodeView, Op, OpPhase, PeerMsg, RETRY_MS, ReportEntry,
-    cover_all, covers, down_to, master_of,
+    NodeFailure, NodeHolder, NodeLock, NodeView, Op, OpKind, OpPhase, PeerMsg, RETRY_MS,
+    ReportEntry, cover_all, covers, down_to, master_of,
 };
 use super::{
     Action, Dlm, Failure, Holder, LockId, LvbState, Millis, Mode, NodeId, Reply,
@@ -64,6 +64,19 @@ fn blockers_of(failure: &NodeFailure) -> Vec<Holder> {
     }
 }
 
+/// The newer of two copies of a value block (by sequence; of two copies of
+/// one write, an invalid one wins: the value may have changed since).
+fn newest(a: LvbCopy, b: LvbCopy) -> LvbCopy {
+    match a.seq.cmp(&b.seq) {
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Equal => LvbCopy {
+            valid: a.valid && b.valid,
+            ..a
+        },
+    }
+}
+
 fn bits(mask: u8) -> impl Iterator<Item = Mode> {
     Mode::ALL.into_iter().filter(move |m| mask & m.bit() != 0)
 }
@@ -83,6 +96,8 @@ impl Dlm {
             settle_ms: config.settle_ms,
             started: None,
             next_seq: 0,
+            dead: BTreeSet::new(),
+            revived: BTreeSet::new(),
         }));
         dlm
     }
@@ -426,6 +441,24 @@ impl Dlm {
         if self.cluster.is_none() || !self.cl().nodes.contains(&from) {
             return;
         }
+        if self.cl().dead.contains(&from) {
+            // From before it died, or from a new incarnation not believed
+            // yet (recovery is not over here): an Ask is refused, so that
+            // it asks again later, anything else dropped.
+            if let PeerMsg::Ask { domain, req } = msg {
+                let dc = self.dc_mut(&domain);
+                let answer = PeerMsg::Answer {
+                    domain: domain.clone(),
+                    req,
+                    ok: false,
+                    epoch: dc.m.epoch,
+                    members: dc.m.members.iter().copied().collect(),
+                    frozen: dc.m.frozen.as_ref().map_or(0, |f| f.epoch),
+                };
+                self.send(from, answer);
+            }
+            return;
+        }
         match msg {
             PeerMsg::Ask { domain, req } => self.on_ask(from, &domain, req),
             PeerMsg::Answer {
@@ -434,7 +467,8 @@ impl Dlm {
                 ok,
                 epoch,
                 members,
-            } => self.on_answer(now, from, &domain, req, ok, epoch, members),
+                frozen,
+            } => self.on_answer(now, from, &domain, req, ok, (epoch, members, frozen)),
             PeerMsg::Cancel { domain, req } => self.on_release(from, &domain, req, false),
             PeerMsg::Done { domain, req, .. } => self.on_release(from, &domain, req, true),
             PeerMsg::Freeze {
@@ -443,6 +477,7 @@ impl Dlm {
                 old,
                 new,
                 initiator,
+                lost,
             } => self.on_freeze(
                 now,
                 &domain,
@@ -450,6 +485,7 @@ impl Dlm {
                 old.into_iter().collect(),
                 new.into_iter().collect(),
                 initiator,
+                lost.into_iter().collect(),
             ),
             PeerMsg::Report {
                 domain,
@@ -838,8 +874,21 @@ impl Dlm {
         }
         let me = self.node;
         let wanted = self.domain_wanted(d);
+        let recover = self.needs_recovery(d);
         let dc = self.dc_mut(d);
-        if dc.m.op.is_some() || dc.m.frozen.is_some() {
+        if dc.m.op.is_some() {
+            return;
+        }
+        if recover {
+            dc.m.op = Some(Box::new(Op {
+                req: 0,
+                kind: OpKind::Recover,
+                phase: OpPhase::Retry(Millis(0)),
+            }));
+            self.ask_round(d);
+            return;
+        }
+        if dc.m.frozen.is_some() {
             return;
         }
         let member = dc.m.members.contains(&me);
@@ -854,7 +903,7 @@ impl Dlm {
         if wanted != member {
             dc.m.op = Some(Box::new(Op {
                 req: 0,
-                leave: member,
+                kind: if member { OpKind::Leave } else { OpKind::Join },
                 phase: OpPhase::Retry(Millis(0)),
             }));
             self.ask_round(d);
@@ -869,6 +918,29 @@ impl Dlm {
                 }
             }
         }
+    }
+
+    /// Whether `d` needs a change to recover from a dead node: this node is
+    /// a member with a dead node among the members, or is frozen in a
+    /// change a dead node started or owes a report to.
+    fn needs_recovery(&self, d: &[u8]) -> bool {
+        let Some(cl) = self.cluster.as_deref() else {
+            return false;
+        };
+        if cl.dead.is_empty() {
+            return false;
+        }
+        let Some(dc) = self.dc(d) else { return false };
+        let member_dead =
+            dc.m.members.contains(&self.node) && dc.m.members.iter().any(|n| cl.dead.contains(n));
+        // A change whose initiator died may never have reached every node.
+        let stuck = dc.m.frozen.as_ref().is_some_and(|f| {
+            cl.dead.contains(&f.initiator)
+                || f.reporters()
+                    .iter()
+                    .any(|n| cl.dead.contains(n) && !f.reports.contains_key(n))
+        });
+        member_dead || stuck
     }
 
     fn settled(&self) -> bool {
@@ -915,7 +987,9 @@ impl Dlm {
             .nodes
             .iter()
             .copied()
-            .filter(|n| *n == me || cl.up.contains(n) || self.live.contains(n))
+            .filter(|n| {
+                *n == me || (!cl.dead.contains(n) && (cl.up.contains(n) || self.live.contains(n)))
+            })
             .collect();
         let missing = required.iter().any(|n| *n != me && !cl.up.contains(n));
         if !self.settled() || missing {
@@ -955,7 +1029,11 @@ impl Dlm {
         let wanted = self.domain_wanted(d);
         self.dc(d)
             .and_then(|dc| dc.m.op.as_ref())
-            .is_some_and(|op| op.leave != wanted)
+            .is_some_and(|op| match op.kind {
+                OpKind::Join => wanted,
+                OpKind::Leave => !wanted,
+                OpKind::Recover => self.needs_recovery(d),
+            })
     }
 
     pub(super) fn cluster_tick(&mut self, now: Millis) {
@@ -1012,6 +1090,7 @@ impl Dlm {
             ok,
             epoch: dc.m.epoch,
             members: dc.m.members.iter().copied().collect(),
+            frozen: dc.m.frozen.as_ref().map_or(0, |f| f.epoch),
         };
         self.send(from, msg);
     }
@@ -1049,7 +1128,6 @@ impl Dlm {
         self.schedule_retry(d, at);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_answer(
         &mut self,
         now: Millis,
@@ -1057,10 +1135,10 @@ impl Dlm {
         d: &[u8],
         req: u64,
         ok: bool,
-        epoch: u64,
-        members: Vec<NodeId>,
+        (epoch, members, frozen): (u64, Vec<NodeId>, u64),
     ) {
         let me = self.node;
+        let dead = self.cl().dead.clone();
         let still_wanted = self.op_still_wanted(d);
         let current = self
             .dc(d)
@@ -1088,7 +1166,7 @@ impl Dlm {
         let OpPhase::Asking { asked, answers } = &mut op.phase else {
             return;
         };
-        answers.insert(from, (ok, epoch, members));
+        answers.insert(from, (ok, epoch, members, frozen));
         if answers.len() < asked.len() {
             return;
         }
@@ -1098,6 +1176,23 @@ impl Dlm {
             .max_by_key(|a| a.1)
             .map(|a| (a.1, a.2.iter().copied().collect::<BTreeSet<NodeId>>()))
             .expect("answers");
+        // Above every epoch completed or frozen in anywhere: a change that
+        // died with its initiator is overtaken, not waited for.
+        let top = answers
+            .values()
+            .map(|a| a.1.max(a.3))
+            .max()
+            .unwrap_or(last)
+            .max(last);
+        // Lost: members this node knows are dead, and members whose answer
+        // shows they never saw the epoch they are members of (a new
+        // incarnation: the old one died, maybe before this node learned it).
+        let forgot = old.iter().filter(|n| {
+            answers
+                .get(n)
+                .is_some_and(|a| a.1 < last && a.3 < last && !a.2.contains(n))
+        });
+        let lost: BTreeSet<NodeId> = old.intersection(&dead).chain(forgot).copied().collect();
         let asked = asked.clone();
         if !still_wanted {
             // Release the approvals; `drive` starts what is wanted now.
@@ -1119,34 +1214,28 @@ impl Dlm {
             self.drive(d);
             return;
         }
-        if all_ok && old.is_subset(&asked) {
-            let mut new = old.clone();
-            if op.leave {
-                new.remove(&me);
-            } else {
-                new.insert(me);
+        if all_ok && old.iter().all(|n| asked.contains(n) || lost.contains(n)) {
+            let mut new: BTreeSet<NodeId> = old.difference(&lost).copied().collect();
+            match op.kind {
+                OpKind::Leave => {
+                    new.remove(&me);
+                }
+                OpKind::Join => {
+                    new.insert(me);
+                }
+                OpKind::Recover => {}
             }
-            let epoch = last + 1;
+            let epoch = top + 1;
             op.phase = OpPhase::Changing {
                 epoch,
                 old: old.clone(),
                 new: new.clone(),
                 ready: BTreeSet::new(),
                 approvers: asked,
+                lost: lost.clone(),
             };
             dc.attempts = 0;
-            for n in old.union(&new).copied().collect::<Vec<_>>() {
-                self.send(
-                    n,
-                    PeerMsg::Freeze {
-                        domain: d.to_vec(),
-                        epoch,
-                        old: old.iter().copied().collect(),
-                        new: new.iter().copied().collect(),
-                        initiator: me,
-                    },
-                );
-            }
+            self.send_freeze(d, epoch, &old, &new, &lost);
         } else {
             let oks: Vec<NodeId> = answers
                 .iter()
@@ -1168,6 +1257,39 @@ impl Dlm {
         }
     }
 
+    /// Sends the freeze of this node's change to every node that reports in
+    /// it, and to itself (a node frozen in a change that died is released
+    /// by any later freeze, even one it has no part in).
+    fn send_freeze(
+        &mut self,
+        d: &[u8],
+        epoch: u64,
+        old: &BTreeSet<NodeId>,
+        new: &BTreeSet<NodeId>,
+        lost: &BTreeSet<NodeId>,
+    ) {
+        let me = self.node;
+        let mut to: BTreeSet<NodeId> = old
+            .union(new)
+            .filter(|n| !lost.contains(n))
+            .copied()
+            .collect();
+        to.insert(me);
+        for n in to {
+            self.send(
+                n,
+                PeerMsg::Freeze {
+                    domain: d.to_vec(),
+                    epoch,
+                    old: old.iter().copied().collect(),
+                    new: new.iter().copied().collect(),
+                    initiator: me,
+                    lost: lost.iter().copied().collect(),
+                },
+            );
+        }
+    }
+
     /// Cancel or Done: the approval given to `from` is released.
     fn on_release(&mut self, from: NodeId, d: &[u8], req: u64, done: bool) {
         let dc = self.dc_mut(d);
@@ -1184,14 +1306,23 @@ impl Dlm {
 
     /// What this node tells the masters of the new membership: its node
     /// locks and LVB copies, and the LVBs it kept as a master. A leaving
-    /// node gives everything up.
+    /// node gives everything up. With `lost` (dead) members: a value block
+    /// a dead node may have written is marked invalid, and copies this node
+    /// has of values a dead master kept are reported; `carry` holds value
+    /// blocks of a change that died, to be passed on.
     fn build_reports(
         &mut self,
         d: &[u8],
+        old: &BTreeSet<NodeId>,
         new: &BTreeSet<NodeId>,
+        lost: &BTreeSet<NodeId>,
+        carry: BTreeMap<Vec<u8>, LvbCopy>,
+        poison: BTreeSet<Vec<u8>>,
     ) -> BTreeMap<NodeId, Vec<ReportEntry>> {
         let me = self.node;
         let leaving = !new.contains(&me);
+        let prev_master_lost =
+            |r: &[u8]| !lost.is_empty() && master_of(r, old).is_some_and(|m| lost.contains(&m));
         let mut out: BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>> =
             new.iter().map(|n| (*n, BTreeMap::new())).collect();
         let blank = |r: &[u8]| ReportEntry {
@@ -1203,17 +1334,27 @@ impl Dlm {
             pid: 0,
             lvb: None,
             master_lvb: None,
+            lost_writer: false,
         };
         if let Some(dom) = self.domains.get_mut(d) {
             for (r, res) in dom.resources.iter_mut() {
                 let copy = res.lvb.copy();
+                let keep_copy = copy.seq > 0 && prev_master_lost(r);
                 let Some(node) = res.node.as_deref_mut() else {
+                    if keep_copy && !new.is_empty() {
+                        let target = master_of(r, new).expect("members");
+                        out.get_mut(&target)
+                            .expect("a member")
+                            .entry(r.to_vec())
+                            .or_insert_with(|| blank(r))
+                            .lvb = Some(copy);
+                    }
                     continue;
                 };
                 let lvb = if node.dirty {
                     Some(copy)
                 } else {
-                    node.unacked.take()
+                    node.unacked.take().or_else(|| keep_copy.then_some(copy))
                 };
                 node.blocked = 0;
                 if leaving {
@@ -1237,23 +1378,69 @@ impl Dlm {
                 e.lvb = lvb;
             }
         }
-        let mastered = std::mem::take(&mut self.dc_mut(d).mastered);
+        let dc = self.dc_mut(d);
+        let mastered = std::mem::take(&mut dc.mastered);
+        // Who could write what this node mastered: needed if one of them
+        // dies before the change completes.
+        for (r, m) in &mastered {
+            let w: Vec<NodeId> = m
+                .locks
+                .iter()
+                .filter(|(_, l)| l.granted.is_some_and(|g| g.can_write_lvb()))
+                .map(|(n, _)| *n)
+                .collect();
+            if !w.is_empty() {
+                dc.writers.entry(r.clone()).or_default().extend(w);
+            }
+        }
+        let mut suspect: BTreeSet<Vec<u8>> = poison;
+        if !lost.is_empty() {
+            suspect.extend(
+                dc.writers
+                    .iter()
+                    .filter(|(_, w)| w.iter().any(|n| lost.contains(n)))
+                    .map(|(r, _)| r.to_vec()),
+            );
+        }
+        let keep =
+            |out: &mut BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>>, r: &[u8], l: LvbCopy| {
+                let target = master_of(r, new).expect("members");
+                let e = out
+                    .get_mut(&target)
+                    .expect("a member")
+                    .entry(r.to_vec())
+                    .or_insert_with(|| blank(r));
+                e.master_lvb = Some(match e.master_lvb.take() {
+                    Some(have) => newest(have, l),
+                    None => l,
+                });
+            };
         for (r, m) in mastered {
             if m.lvb == LvbCopy::ZERO || new.is_empty() {
                 continue;
             }
-            let target = master_of(&r, new).expect("members");
-            out.get_mut(&target)
-                .expect("a member")
-                .entry(r.to_vec())
-                .or_insert_with(|| blank(&r))
-                .master_lvb = Some(m.lvb);
+            keep(&mut out, &r, m.lvb);
+        }
+        if !new.is_empty() {
+            for (r, l) in carry {
+                keep(&mut out, &r, l);
+            }
+            // A dead node that could write the value block may have.
+            for r in suspect {
+                let target = master_of(&r, new).expect("members");
+                out.get_mut(&target)
+                    .expect("a member")
+                    .entry(r.clone())
+                    .or_insert_with(|| blank(&r))
+                    .lost_writer = true;
+            }
         }
         out.into_iter()
             .map(|(n, m)| (n, m.into_values().collect()))
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_freeze(
         &mut self,
         now: Millis,
@@ -1262,15 +1449,81 @@ impl Dlm {
         old: BTreeSet<NodeId>,
         new: BTreeSet<NodeId>,
         initiator: NodeId,
+        lost: BTreeSet<NodeId>,
     ) {
         let me = self.node;
         let dc = self.dc_mut(d);
         if epoch <= dc.m.epoch || dc.m.frozen.as_ref().is_some_and(|f| f.epoch >= epoch) {
             return;
         }
+        // A change this node was frozen in and that never completed here
+        // is overtaken: the value blocks it was given or gave for it are
+        // passed on with this one.
+        // Writers recorded for a change that completed are of no use now.
+        let superseding = dc.m.frozen.is_some()
+            || dc.last_reports.as_ref().is_some_and(|(e, _)| {
+                *e > dc.m.epoch || (initiator == me && *e == dc.m.epoch && !new.contains(&me))
+            });
+        if !superseding {
+            dc.writers.clear();
+        }
+        let mut carry: BTreeMap<Vec<u8>, LvbCopy> = BTreeMap::new();
+        let mut poison: BTreeSet<Vec<u8>> = BTreeSet::new();
+        if let Some(f) = dc.m.frozen.as_deref() {
+            for (n, entries) in &f.reports {
+                for e in entries {
+                    if e.lost_writer {
+                        poison.insert(e.resource.clone());
+                    }
+                    if e.granted.is_some_and(|g| g.can_write_lvb()) {
+                        dc.writers
+                            .entry(e.resource.clone().into())
+                            .or_default()
+                            .insert(*n);
+                    }
+                }
+            }
+        }
+        let mut add = |e: &ReportEntry| {
+            for l in [&e.lvb, &e.master_lvb].into_iter().flatten() {
+                let l = l.clone();
+                let v = match carry.remove(&e.resource) {
+                    Some(have) => newest(have, l),
+                    None => l,
+                };
+                carry.insert(e.resource.clone(), v);
+            }
+        };
+        if let Some(f) = dc.m.frozen.take() {
+            f.reports.values().flatten().for_each(&mut add);
+        }
+        if let Some((e, sent)) = &dc.last_reports {
+            // Reports of a change that never completed here, or of this
+            // node's own leave that a dead node overtook.
+            let own_leave = initiator == me && *e == dc.m.epoch && !new.contains(&me);
+            if *e > dc.m.epoch || own_leave {
+                sent.values().flatten().for_each(&mut add);
+            }
+        }
         let reports = dc.early.remove(&epoch).unwrap_or_default();
         dc.early.retain(|e, _| *e > epoch);
-        let sent = self.build_reports(d, &new);
+        let newly: Vec<NodeId> = lost
+            .iter()
+            .filter(|n| **n != me && !self.cl().dead.contains(n) && !self.cl().revived.contains(n))
+            .copied()
+            .collect();
+        for x in newly {
+            // The initiator saw it die first; a round of ours still asking
+            // it starts over.
+            self.mark_dead(x);
+            let asking = self.dc(d).and_then(|dc| dc.m.op.as_ref()).is_some_and(
+                |op| matches!(&op.phase, OpPhase::Asking { asked, .. } if asked.contains(&x)),
+            );
+            if asking {
+                self.abandon_asking(d);
+            }
+        }
+        let sent = self.build_reports(d, &old, &new, &lost, carry, poison);
         for (n, entries) in &sent {
             self.send(
                 *n,
@@ -1288,6 +1541,7 @@ impl Dlm {
             old,
             new: new.clone(),
             initiator,
+            lost,
             reports,
         }));
         if new.contains(&me) {
@@ -1307,6 +1561,7 @@ impl Dlm {
                 self.maybe_free(d, &r);
             }
             self.check_change_done(d);
+            self.revive_all();
         }
     }
 
@@ -1336,7 +1591,7 @@ impl Dlm {
         let Some(f) = self.dc(d).and_then(|dc| dc.m.frozen.as_deref()) else {
             return;
         };
-        if f.old.union(&f.new).all(|n| f.reports.contains_key(n)) {
+        if f.reporters().iter().all(|n| f.reports.contains_key(n)) {
             self.rebuild(now, d);
         }
     }
@@ -1347,6 +1602,7 @@ impl Dlm {
         let me = self.node;
         let dc = self.dc_mut(d);
         let f = dc.m.frozen.take().expect("frozen");
+        dc.writers.clear();
         let mut by_res: BTreeMap<Vec<u8>, Vec<(NodeId, ReportEntry)>> = BTreeMap::new();
         for (n, entries) in f.reports {
             for e in entries {
@@ -1364,10 +1620,19 @@ impl Dlm {
             let mut m = MasterRes::new();
             for (_, e) in &list {
                 for l in [&e.master_lvb, &e.lvb].into_iter().flatten() {
-                    if l.seq > m.lvb.seq {
-                        m.lvb = l.clone();
-                    }
+                    m.lvb = newest(m.lvb.clone(), l.clone());
                 }
+            }
+            // The master died: what it kept may be newer than every copy
+            // here, unless a node still holds a mode no writer can share.
+            let master_lost =
+                !f.lost.is_empty() && master_of(&r, &f.old).is_some_and(|n| f.lost.contains(&n));
+            let reader = list.iter().any(|(_, e)| {
+                e.granted
+                    .is_some_and(|g| matches!(g, Mode::PR | Mode::PW | Mode::EX))
+            });
+            if (master_lost && !reader) || list.iter().any(|(_, e)| e.lost_writer) {
+                m.lvb.valid = false;
             }
             for (n, e) in &list {
                 m.restore(*n, e.granted, e.pid);
@@ -1446,6 +1711,7 @@ impl Dlm {
         }
         self.check_change_done(d);
         self.drive(d);
+        self.revive_all();
     }
 
     fn on_ready(&mut self, _now: Millis, from: NodeId, d: &[u8], epoch: u64) {
@@ -1524,6 +1790,145 @@ impl Dlm {
             return;
         }
         self.cl_mut().up.insert(p);
+        if self.cl().dead.contains(&p) {
+            // A new incarnation of a dead node: believed once no domain here
+            // still counts the old one.
+            self.maybe_revive(p);
+            return;
+        }
+        self.resend_to(p);
+    }
+
+    /// A dead node that has reconnected is a fresh node once no domain
+    /// here counts it as a member any more (recovery is over here).
+    fn maybe_revive(&mut self, p: NodeId) {
+        let cl = self.cl();
+        if !cl.dead.contains(&p) || !cl.up.contains(&p) {
+            return;
+        }
+        let me = self.node;
+        // Only where this node takes part: a view kept after leaving is stale.
+        let counted = cl.domains.values().any(|dc| {
+            (dc.m.members.contains(&me) && dc.m.members.contains(&p))
+                || dc
+                    .m
+                    .frozen
+                    .as_ref()
+                    .is_some_and(|f| f.reporters().contains(&p))
+        });
+        if counted {
+            return;
+        }
+        let cl = self.cl_mut();
+        cl.dead.remove(&p);
+        cl.revived.insert(p);
+        self.resend_to(p);
+    }
+
+    /// Revives every reconnected dead node that recovery no longer needs.
+    fn revive_all(&mut self) {
+        let Some(cl) = self.cluster.as_deref() else {
+            return;
+        };
+        let back: Vec<NodeId> = cl.dead.intersection(&cl.up).copied().collect();
+        for p in back {
+            self.maybe_revive(p);
+        }
+    }
+
+    /// Believes `x` dead: nothing it sent before is believed, approvals it
+    /// holds are released, and reports it owed are no longer awaited.
+    fn mark_dead(&mut self, x: NodeId) {
+        // The connection is the transport's business: lockd closes it when
+        // it declares a node dead; a connection up now may be a new
+        // incarnation's, which is believed once recovery is over here.
+        let cl = self.cl_mut();
+        cl.dead.insert(x);
+        for dc in cl.domains.values_mut() {
+            if dc.m.approved.is_some_and(|(n, _)| n == x) {
+                dc.m.approved = None;
+            }
+            dc.deferred.retain(|(from, _)| *from != x);
+            for reports in dc.early.values_mut() {
+                reports.remove(&x);
+            }
+            dc.resync.remove(&x);
+        }
+        self.live.remove(&x);
+    }
+
+    /// Node `x` is declared dead (its heartbeat stopped, or it was fenced):
+    /// every domain it was in recovers without it.
+    pub(super) fn node_dead(&mut self, x: NodeId) {
+        if self.cluster.is_none() || x == self.node || !self.cl().nodes.contains(&x) {
+            return;
+        }
+        self.cl_mut().revived.remove(&x);
+        if !self.cl().dead.contains(&x) {
+            self.mark_dead(x);
+        }
+        let names: Vec<Box<[u8]>> = self.cl().domains.keys().cloned().collect();
+        for d in names {
+            self.fix_op_after_death(&d);
+            self.poke(&d);
+            self.drive(&d);
+        }
+        // Connected already (a new incarnation) and in no domain here: it
+        // is believed at once.
+        self.maybe_revive(x);
+    }
+
+    /// This node's change of `d` after a death: a round still asking a dead
+    /// node starts over; a change waiting for a dead node's report goes on
+    /// without it, at a new epoch.
+    fn fix_op_after_death(&mut self, d: &[u8]) {
+        let dead = self.cl().dead.clone();
+        let Some(op) = self.dc(d).and_then(|dc| dc.m.op.as_ref()) else {
+            return;
+        };
+        match &op.phase {
+            OpPhase::Asking { asked, .. } if asked.iter().any(|n| dead.contains(n)) => {
+                self.abandon_asking(d);
+            }
+            OpPhase::Changing { .. } => self.supersede(d),
+            _ => {}
+        }
+    }
+
+    fn supersede(&mut self, d: &[u8]) {
+        let dead = self.cl().dead.clone();
+        let dc = self.dc_mut(d);
+        let Some(op) = dc.m.op.as_mut() else { return };
+        let OpPhase::Changing {
+            epoch,
+            old,
+            new,
+            ready,
+            approvers,
+            lost,
+        } = &mut op.phase
+        else {
+            return;
+        };
+        let newly: Vec<NodeId> = old
+            .union(new)
+            .filter(|n| dead.contains(n) && !lost.contains(n))
+            .copied()
+            .collect();
+        if newly.is_empty() {
+            return;
+        }
+        lost.extend(newly);
+        new.retain(|n| !dead.contains(n));
+        approvers.retain(|n| !dead.contains(n));
+        ready.clear();
+        *epoch += 1;
+        let (e, o, n, l) = (*epoch, old.clone(), new.clone(), lost.clone());
+        self.send_freeze(d, e, &o, &n, &l);
+    }
+
+    /// Sends `p` whatever it may be waiting for after a new connection.
+    fn resend_to(&mut self, p: NodeId) {
         let me = self.node;
         let names: Vec<Box<[u8]>> = self.cl().domains.keys().cloned().collect();
         for d in names {
@@ -1542,14 +1947,19 @@ impl Dlm {
                         });
                     }
                     OpPhase::Changing {
-                        epoch, old, new, ..
-                    } if old.contains(&p) || new.contains(&p) => {
+                        epoch,
+                        old,
+                        new,
+                        lost,
+                        ..
+                    } if (old.contains(&p) || new.contains(&p)) && !lost.contains(&p) => {
                         msgs.push(PeerMsg::Freeze {
                             domain: dv.clone(),
                             epoch: *epoch,
                             old: old.iter().copied().collect(),
                             new: new.iter().copied().collect(),
                             initiator: me,
+                            lost: lost.iter().copied().collect(),
                         });
                     }
                     OpPhase::Retry(_) => retry = true,
@@ -1633,6 +2043,7 @@ impl Dlm {
                         pid: n.pid,
                         lvb: n.unacked.clone(),
                         master_lvb: None,
+                        lost_writer: false,
                     }
                 })
             })
@@ -1748,7 +2159,7 @@ impl Dlm {
     pub fn membership_debug(&self, d: &[u8]) -> String {
         self.dc(d).map_or(String::new(), |dc| {
             format!(
-                "epoch {} members {:?} approved {:?} op {:?} frozen {:?} deferred {}",
+                "epoch {} members {:?} approved {:?} op {:?} frozen {:?} deferred {} dead {:?} up {:?} revived {:?}",
                 dc.m.epoch,
                 dc.m.members,
                 dc.m.approved,
@@ -1760,7 +2171,10 @@ impl Dlm {
                     f.initiator,
                     f.reports.keys().collect::<Vec<_>>()
                 )),
-                dc.deferred.len()
+                dc.deferred.len(),
+                self.cl().dead,
+                self.cl().up,
+                self.cl().revived,
             )
         })
     }

@@ -44,7 +44,7 @@ use super::DecodeError;
 use crate::dlm::{LvbCopy, MAX_NAME_LEN, Mode, NodeFailure, NodeId, PeerMsg, ReportEntry};
 
 /// Version of the peer protocol; the handshake refuses any other.
-pub const PEER_VERSION: u16 = 2;
+pub const PEER_VERSION: u16 = 3;
 /// Magic at the start of a handshake.
 pub const PEER_MAGIC: &[u8; 4] = b"o2pr";
 /// Largest frame payload accepted (a Report of many resources can be big).
@@ -65,11 +65,16 @@ pub enum PeerFrame {
         from_name: String,
         /// The node it means to reach.
         to: u8,
+        /// The connecting lockd's incarnation (random per start): a new
+        /// one means the node restarted, its old locks gone.
+        generation: u64,
     },
     /// The accepting node's answer: the connection is up.
     Welcome {
         /// The accepting node's number.
         node: u8,
+        /// The accepting lockd's incarnation.
+        generation: u64,
     },
     /// The accepting node refuses (then closes): why.
     Refused {
@@ -90,7 +95,7 @@ const KEEPALIVE: u8 = 4;
 
 const NO_MODE: u8 = 0xff;
 /// Smallest encoded [`ReportEntry`]: empty name, no LVBs.
-const MIN_ENTRY_LEN: usize = 2 + 1 + 1 + 1 + 8 + 4 + 1 + 1;
+const MIN_ENTRY_LEN: usize = 2 + 1 + 1 + 1 + 8 + 4 + 1 + 1 + 1;
 /// Encoded size of a (node, mode, pid) of a [`NodeFailure`].
 const BLOCKER_LEN: usize = 1 + 1 + 4;
 
@@ -172,6 +177,7 @@ impl Writer<'_> {
             self.i32(e.pid);
             self.opt_lvb(e.lvb.as_ref());
             self.opt_lvb(e.master_lvb.as_ref());
+            self.bool(e.lost_writer);
         }
     }
     fn failure(&mut self, f: &NodeFailure) {
@@ -200,6 +206,7 @@ impl Writer<'_> {
                 ok,
                 epoch,
                 members,
+                frozen,
             } => {
                 self.u8(2);
                 self.name(domain);
@@ -207,6 +214,7 @@ impl Writer<'_> {
                 self.bool(*ok);
                 self.u64(*epoch);
                 self.nodes(members);
+                self.u64(*frozen);
             }
             PeerMsg::Cancel { domain, req } => {
                 self.u8(3);
@@ -219,6 +227,7 @@ impl Writer<'_> {
                 old,
                 new,
                 initiator,
+                lost,
             } => {
                 self.u8(4);
                 self.name(domain);
@@ -226,6 +235,7 @@ impl Writer<'_> {
                 self.nodes(old);
                 self.nodes(new);
                 self.u8(initiator.0);
+                self.nodes(lost);
             }
             PeerMsg::Report {
                 domain,
@@ -377,6 +387,7 @@ pub fn encode_peer_into(frame: &PeerFrame, buf: &mut Vec<u8>) {
             from,
             from_name,
             to,
+            generation,
         } => {
             w.0.extend_from_slice(PEER_MAGIC);
             w.u16(*version);
@@ -384,10 +395,12 @@ pub fn encode_peer_into(frame: &PeerFrame, buf: &mut Vec<u8>) {
             w.u8(*from);
             w.str(from_name);
             w.u8(*to);
+            w.u64(*generation);
         }
-        PeerFrame::Welcome { node } => {
+        PeerFrame::Welcome { node, generation } => {
             w.u8(WELCOME);
             w.u8(*node);
+            w.u64(*generation);
         }
         PeerFrame::Refused { reason } => {
             w.u8(REFUSED);
@@ -521,6 +534,7 @@ impl<'a> Reader<'a> {
                     pid: self.i32()?,
                     lvb: self.opt_lvb()?,
                     master_lvb: self.opt_lvb()?,
+                    lost_writer: self.bool()?,
                 })
             })
             .collect()
@@ -555,6 +569,7 @@ impl<'a> Reader<'a> {
                 ok: self.bool()?,
                 epoch: self.u64()?,
                 members: self.nodes()?,
+                frozen: self.u64()?,
             },
             3 => PeerMsg::Cancel {
                 domain: self.name()?,
@@ -566,6 +581,7 @@ impl<'a> Reader<'a> {
                 old: self.nodes()?,
                 new: self.nodes()?,
                 initiator: self.node()?,
+                lost: self.nodes()?,
             },
             5 => PeerMsg::Report {
                 domain: self.name()?,
@@ -686,11 +702,17 @@ pub fn decode_peer(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, DecodeError
                 from: r.u8()?,
                 from_name: r.string("node name")?,
                 to: r.u8()?,
+                // Version 1 and 2 hellos end here: read as generation 0,
+                // so that the version check refuses them by name.
+                generation: if r.b.is_empty() { 0 } else { r.u64()? },
             }
         }
         WELCOME => {
             r.what = "welcome";
-            PeerFrame::Welcome { node: r.u8()? }
+            PeerFrame::Welcome {
+                node: r.u8()?,
+                generation: r.u64()?,
+            }
         }
         REFUSED => {
             r.what = "refusal";
@@ -740,6 +762,7 @@ mod tests {
             pid: -4242,
             lvb: Some(lvb(7, 99, false)),
             master_lvb: None,
+            lost_writer: false,
         }
     }
 
@@ -758,6 +781,7 @@ mod tests {
                 ok: true,
                 epoch: 9,
                 members: vec![NodeId(0), NodeId(3), NodeId(254)],
+                frozen: 10,
             },
             PeerMsg::Answer {
                 domain: Vec::new(),
@@ -765,6 +789,7 @@ mod tests {
                 ok: false,
                 epoch: 0,
                 members: Vec::new(),
+                frozen: 0,
             },
             PeerMsg::Cancel {
                 domain: dom.clone(),
@@ -776,6 +801,7 @@ mod tests {
                 old: vec![NodeId(1), NodeId(2)],
                 new: vec![NodeId(1), NodeId(2), NodeId(7)],
                 initiator: NodeId(7),
+                lost: vec![NodeId(3)],
             },
             PeerMsg::Report {
                 domain: dom.clone(),
@@ -791,6 +817,7 @@ mod tests {
                         pid: i32::MAX,
                         lvb: None,
                         master_lvb: Some(lvb(200, u64::MAX, true)),
+                        lost_writer: true,
                     },
                 ],
             },
@@ -913,6 +940,7 @@ mod tests {
                 from: 3,
                 from_name: "nöde-three".into(),
                 to: 200,
+                generation: 0x0123_4567_89ab_cdef,
             },
             PeerFrame::Hello {
                 version: 0xbeef,
@@ -920,8 +948,12 @@ mod tests {
                 from: 0,
                 from_name: String::new(),
                 to: 0,
+                generation: 0,
             },
-            PeerFrame::Welcome { node: 200 },
+            PeerFrame::Welcome {
+                node: 200,
+                generation: u64::MAX,
+            },
             PeerFrame::Refused {
                 reason: "wrong cluster \"x\"".into(),
             },
@@ -1297,18 +1329,21 @@ mod tests {
             any::<u64>(),
             any::<i32>(),
             proptest::option::of(lvb_copy()),
-            proptest::option::of(lvb_copy()),
+            (proptest::option::of(lvb_copy()), any::<bool>()),
         )
             .prop_map(
-                |(resource, granted, want, noqueue, seq, pid, lvb, master_lvb)| ReportEntry {
-                    resource,
-                    granted,
-                    want,
-                    noqueue,
-                    seq,
-                    pid,
-                    lvb,
-                    master_lvb,
+                |(resource, granted, want, noqueue, seq, pid, lvb, (master_lvb, lost_writer))| {
+                    ReportEntry {
+                        resource,
+                        granted,
+                        want,
+                        noqueue,
+                        seq,
+                        pid,
+                        lvb,
+                        master_lvb,
+                        lost_writer,
+                    }
                 },
             );
         vec(entry, 0..4)
@@ -1331,21 +1366,23 @@ mod tests {
             (name(), u()).prop_map(|(domain, req)| PeerMsg::Ask { domain, req }),
             (name(), u(), any::<bool>(), u(), nodes()).prop_map(
                 |(domain, req, ok, epoch, members)| PeerMsg::Answer {
+                    frozen: epoch.wrapping_add(1),
                     domain,
                     req,
                     ok,
                     epoch,
-                    members
+                    members,
                 }
             ),
             (name(), u()).prop_map(|(domain, req)| PeerMsg::Cancel { domain, req }),
-            (name(), u(), nodes(), nodes(), any::<u8>()).prop_map(
-                |(domain, epoch, old, new, i)| PeerMsg::Freeze {
+            (name(), u(), nodes(), nodes(), any::<u8>(), nodes()).prop_map(
+                |(domain, epoch, old, new, i, lost)| PeerMsg::Freeze {
                     domain,
                     epoch,
                     old,
                     new,
-                    initiator: NodeId(i)
+                    initiator: NodeId(i),
+                    lost,
                 }
             ),
             (name(), u(), entries()).prop_map(|(domain, epoch, entries)| PeerMsg::Report {
@@ -1443,14 +1480,16 @@ mod tests {
         prop_oneof![
             (any::<u16>(), ".{0,20}", any::<u8>(), ".{0,20}", any::<u8>()).prop_map(
                 |(version, cluster, from, from_name, to)| PeerFrame::Hello {
+                    generation: u64::from(to) << 8 | u64::from(from),
                     version,
                     cluster,
                     from,
                     from_name,
-                    to
+                    to,
                 }
             ),
-            any::<u8>().prop_map(|node| PeerFrame::Welcome { node }),
+            (any::<u8>(), any::<u64>())
+                .prop_map(|(node, generation)| PeerFrame::Welcome { node, generation }),
             ".{0,40}".prop_map(|reason| PeerFrame::Refused { reason }),
             peer_msg().prop_map(PeerFrame::Msg),
             Just(PeerFrame::Keepalive),

@@ -4,7 +4,10 @@
 //! one FIFO link per ordered pair of nodes, with random delays, and
 //! connections that break (everything in flight is lost) and come back
 //! later. Random clients on every node lock, convert, unlock, cancel, use
-//! value blocks, join and leave domains and disconnect. Everything random
+//! value blocks, join and leave domains and disconnect. Nodes crash (their
+//! state is gone, their connections break); each survivor is told the node
+//! is dead a little later (as disk heartbeat would), and once all have been
+//! told the node restarts with a fresh core. Everything random
 //! comes from one seeded generator and time is virtual, so a seed replays
 //! exactly.
 //!
@@ -13,13 +16,18 @@
 //!   two nodes believe they hold incompatible node locks on it;
 //! - every local holder's mode is covered by its node's node lock;
 //! - a value block read under PR or above is the last one written (reads
-//!   under CR or CW see some value written before);
+//!   under CR or CW see some value written before); after a crash, until
+//!   the next write, it may instead be flagged invalid, or be back to
+//!   never written (no survivor knew it); if the dead node held PW or EX it
+//!   must not be read as valid with a value;
 //! - every request is answered immediately, except joins and forced leaves,
 //!   which are answered once the membership change is done.
 //!
-//! At the end, the network heals, clients stop asking and release what they
-//! hold; every pending request must then be answered and every lock request
-//! end, within a bound of virtual time.
+//! At the end, the network heals, crashed nodes restart, clients stop asking
+//! and release what they hold; every pending request must then be answered
+//! and every lock request end, within a bound of virtual time, and every
+//! master's record of the nodes' node locks must match what each node holds
+//! (no lock of a dead node survives recovery).
 //!
 //! May depend on: `dlm`, std.
 
@@ -30,6 +38,9 @@ use crate::dlm::{
     Action, ClientId, ClusterConfig, Cred, Dlm, Event, Input, LVB_LEN, LockFlags, LockId,
     LockRequest, Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request,
 };
+
+/// A start time that never comes (a crashed node waiting to restart).
+const NEVER: Millis = Millis(u64::MAX);
 
 /// SplitMix64: small, fast, and the same everywhere.
 #[derive(Clone, Debug)]
@@ -80,6 +91,8 @@ pub struct Config {
     pub churn: bool,
     /// Some nodes start late (joins wait for the mesh to settle).
     pub staggered: bool,
+    /// Per client step, chance in 1000 that a node crashes.
+    pub crash_per_mille: u64,
 }
 
 impl Config {
@@ -96,6 +109,7 @@ impl Config {
             break_per_mille: [0, 2, 5, 10][r.below(4) as usize],
             churn: r.chance(500),
             staggered: r.chance(300),
+            crash_per_mille: [0, 0, 2, 6][r.below(4) as usize],
         }
     }
 }
@@ -113,6 +127,8 @@ pub struct Outcome {
     pub breaks: u64,
     /// Membership changes completed (sum of final epochs is a proxy).
     pub joins: u64,
+    /// Nodes crashed.
+    pub crashes: u64,
     /// Virtual time at the end, in milliseconds.
     pub virtual_ms: u64,
 }
@@ -218,6 +234,15 @@ pub struct Sim {
     node_locks: BTreeMap<NodeKey, HeldAsked>,
     /// Per domain, the last epoch at which it was seen empty.
     emptied: BTreeMap<usize, u64>,
+    /// Crashed nodes not restarted yet.
+    down: BTreeSet<usize>,
+    /// Death notices still to deliver: (when, survivor, dead node).
+    notices: BTreeSet<(Millis, usize, usize)>,
+    /// Value blocks that may read invalid or never written (a node died
+    /// since their last write), and those that must not read valid with a
+    /// value (the dead node held PW or EX).
+    lvb_may_invalid: BTreeSet<(usize, usize)>,
+    lvb_must_invalid: BTreeSet<(usize, usize)>,
 }
 
 /// Events kept for a failure report (`O2TOOLS_SIM_TRACE` changes it).
@@ -328,6 +353,10 @@ impl Sim {
             trace_len: trace_len(),
             node_locks: BTreeMap::new(),
             emptied: BTreeMap::new(),
+            down: BTreeSet::new(),
+            notices: BTreeSet::new(),
+            lvb_may_invalid: BTreeSet::new(),
+            lvb_must_invalid: BTreeSet::new(),
         }
     }
 
@@ -453,16 +482,52 @@ impl Sim {
                 }
                 self.lvb_last.insert((l.d, l.r), value);
                 self.lvb_seen.entry((l.d, l.r)).or_default().insert(value);
+                // While a dead node is not recovered from yet, a master may
+                // still grant it a mode (requests it sent before dying), and
+                // recovery then rightly distrusts the value.
+                if self.down.is_empty() && self.notices.is_empty() {
+                    self.lvb_may_invalid.remove(&(l.d, l.r));
+                }
+                self.lvb_must_invalid.remove(&(l.d, l.r));
             }
-            (Asked::LvbGet { lock }, Reply::Lvb { value, .. }) => {
+            (Asked::LvbGet { lock }, Reply::Lvb { value, valid }) => {
                 let l = self.clients[n][id.0 as usize - 1].locks[&lock].clone();
                 let g = l.granted.expect("read through a granted lock");
-                let last = self
-                    .lvb_last
-                    .get(&(l.d, l.r))
-                    .copied()
-                    .unwrap_or([0; LVB_LEN]);
-                if matches!(g, Mode::PR | Mode::PW | Mode::EX) {
+                let key = (l.d, l.r);
+                let last = self.lvb_last.get(&key).copied().unwrap_or([0; LVB_LEN]);
+                let pristine = value == [0; LVB_LEN];
+                // Under CR or CW the copy may be older than the last write
+                // (a writer can share the resource): only what it was when
+                // read matters, and it was some earlier state.
+                let strong = matches!(g, Mode::PR | Mode::PW | Mode::EX);
+                let may_invalid = if strong {
+                    self.lvb_may_invalid.contains(&key)
+                } else {
+                    self.out.crashes > 0
+                };
+                if !valid && !may_invalid {
+                    return Err(self.fail(format!(
+                        "node {} client {} read d{}/r{} as invalid with no crash since its last write",
+                        n + 1,
+                        id.0,
+                        l.d,
+                        l.r
+                    )));
+                }
+                if strong && valid && !pristine && self.lvb_must_invalid.contains(&key) {
+                    return Err(self.fail(format!(
+                        "node {} client {} read d{}/r{} as valid ({:?}) after its writer's node died",
+                        n + 1,
+                        id.0,
+                        l.d,
+                        l.r,
+                        &value[..8]
+                    )));
+                }
+                let after_crash = may_invalid && (!valid || pristine);
+                if after_crash {
+                    // Flagged, or forgotten with the dead node: allowed.
+                } else if matches!(g, Mode::PR | Mode::PW | Mode::EX) {
                     if value != last {
                         return Err(self.fail(format!(
                             "node {} client {} read d{}/r{} under {g}: {:?}, but the last value written is {:?}",
@@ -677,6 +742,26 @@ impl Sim {
                     }
                 }
             }
+            // Every member died: the domain starts over.
+            let living = (0..self.cfg.nodes).any(|n| {
+                self.started[n]
+                    && self.dlms[n]
+                        .membership(&name)
+                        .is_some_and(|(_, members, changing)| {
+                            changing || members.contains(&NodeId(n as u8 + 1))
+                        })
+            });
+            if !living
+                && (0..self.cfg.resources).any(|r| {
+                    self.lvb_last.contains_key(&(d, r)) || self.lvb_seen.contains_key(&(d, r))
+                })
+            {
+                self.log(format!("d{d} has no living member"));
+                for r in 0..self.cfg.resources {
+                    self.lvb_last.remove(&(d, r));
+                    self.lvb_seen.remove(&(d, r));
+                }
+            }
         }
         Ok(())
     }
@@ -701,14 +786,30 @@ impl Sim {
 
     fn start_node(&mut self, n: usize) -> Result<(), SimFailure> {
         self.started[n] = true;
-        self.log(format!("node {} starts", n + 1));
+        let restart = self.down.remove(&n);
+        self.log(format!(
+            "node {} {}",
+            n + 1,
+            if restart { "restarts" } else { "starts" }
+        ));
+        // Disk heartbeat: every node not dead is alive (and sees this one).
         for m in 0..self.cfg.nodes {
-            self.input(
-                n,
-                Input::NodeUp {
-                    node: NodeId(m as u8 + 1),
-                },
-            )?;
+            if !self.down.contains(&m) {
+                self.input(
+                    n,
+                    Input::NodeUp {
+                        node: NodeId(m as u8 + 1),
+                    },
+                )?;
+            }
+            if restart && m != n && self.started[m] {
+                self.input(
+                    m,
+                    Input::NodeUp {
+                        node: NodeId(n as u8 + 1),
+                    },
+                )?;
+            }
         }
         for m in 0..self.cfg.nodes {
             if m != n && self.started[m] {
@@ -763,8 +864,102 @@ impl Sim {
         )
     }
 
+    /// Node `n` crashes: its state, its clients' locks and everything in
+    /// flight to or from it are gone; the survivors are told it is dead a
+    /// little later, each at its own time.
+    fn crash(&mut self, n: usize) -> Result<(), SimFailure> {
+        self.out.crashes += 1;
+        self.log(format!("node {} crashes", n + 1));
+        let index = |s: &[u8], p: char| -> Option<usize> {
+            std::str::from_utf8(s).ok()?.strip_prefix(p)?.parse().ok()
+        };
+        let mut writers = Vec::new();
+        self.dlms[n].for_each_node_lock(|d, r, m, _| {
+            if m.is_some_and(|m| m.can_write_lvb()) {
+                if let (Some(d), Some(r)) = (index(d, 'd'), index(r, 'r')) {
+                    writers.push((d, r));
+                }
+            }
+        });
+        for &(d, r) in &writers {
+            self.log(format!("node {} held PW or EX on d{d}/r{r}", n + 1));
+        }
+        self.lvb_must_invalid.extend(writers);
+        for d in 0..self.cfg.domains {
+            for r in 0..self.cfg.resources {
+                self.lvb_may_invalid.insert((d, r));
+            }
+        }
+        for m in 0..self.cfg.nodes {
+            if m == n {
+                continue;
+            }
+            let key = (n.min(m), n.max(m));
+            self.reconnect.remove(&key);
+            for k in [(n, m), (m, n)] {
+                let link = self.links.get_mut(&k).expect("link");
+                self.out.lost += link.queue.len() as u64;
+                link.queue.clear();
+            }
+            if self.up.remove(&key) {
+                self.input(
+                    m,
+                    Input::PeerDown {
+                        node: NodeId(n as u8 + 1),
+                    },
+                )?;
+            }
+        }
+        self.started[n] = false;
+        self.down.insert(n);
+        self.start_at[n] = NEVER;
+        let nodes: Vec<NodeId> = (0..self.cfg.nodes).map(|i| NodeId(i as u8 + 1)).collect();
+        self.dlms[n] = Dlm::new_cluster(
+            NodeId(n as u8 + 1),
+            ClusterConfig {
+                nodes,
+                settle_ms: 50,
+            },
+        );
+        for c in &mut self.clients[n] {
+            c.connected = false;
+            c.locks.clear();
+            c.asked.clear();
+            c.joined.clear();
+        }
+        self.notices.retain(|&(_, s, _)| s != n);
+        for m in 0..self.cfg.nodes {
+            if m != n && self.started[m] {
+                let at = self.now.after(20 + self.rng.below(300));
+                self.notices.insert((at, m, n));
+            }
+        }
+        self.schedule_restart(n);
+        Ok(())
+    }
+
+    /// Once every survivor has been told `n` is dead, it restarts.
+    fn schedule_restart(&mut self, n: usize) {
+        if self.down.contains(&n) && !self.notices.iter().any(|&(_, _, x)| x == n) {
+            self.start_at[n] = self.now.after(20 + self.rng.below(300));
+        }
+    }
+
+    /// Tells survivor `s` that `x` is dead.
+    fn notice(&mut self, s: usize, x: usize) -> Result<(), SimFailure> {
+        self.log(format!("node {} learns node {} is dead", s + 1, x + 1));
+        self.input(
+            s,
+            Input::NodeDown {
+                node: NodeId(x as u8 + 1),
+            },
+        )?;
+        self.schedule_restart(x);
+        Ok(())
+    }
+
     /// The earliest scheduled thing: (time, kind) where kind 0 = node start,
-    /// 1 = reconnect, 2 = message, 3 = timer.
+    /// 1 = reconnect, 2 = message, 3 = timer, 4 = death notice.
     fn next_scheduled(&self) -> Option<(Millis, u8, usize, usize)> {
         let mut best: Option<(Millis, u8, usize, usize)> = None;
         let mut consider = |c: (Millis, u8, usize, usize)| {
@@ -773,9 +968,12 @@ impl Sim {
             }
         };
         for (n, &t) in self.start_at.iter().enumerate() {
-            if !self.started[n] {
+            if !self.started[n] && t != NEVER {
                 consider((t, 0, n, 0));
             }
+        }
+        if let Some(&(t, s, x)) = self.notices.first() {
+            consider((t, 4, s, x));
         }
         for (&(a, b), &t) in &self.reconnect {
             if self.started[a] && self.started[b] {
@@ -823,6 +1021,10 @@ impl Sim {
                     },
                 )
             }
+            4 => {
+                self.notices.remove(&(t, a, b));
+                self.notice(a, b)
+            }
             _ => self.input(a, Input::Tick),
         }
     }
@@ -845,6 +1047,11 @@ impl Sim {
                 let pairs: Vec<(usize, usize)> = self.up.iter().copied().collect();
                 let (a, b) = self.rng.pick(&pairs);
                 self.disconnect(a, b)?;
+            }
+            let alive: Vec<usize> = (0..self.cfg.nodes).filter(|&n| self.started[n]).collect();
+            if alive.len() > 2 && self.rng.chance(self.cfg.crash_per_mille) {
+                let n = self.rng.pick(&alive);
+                self.crash(n)?;
             }
             let n = self.rng.below(self.cfg.nodes as u64) as usize;
             if self.started[n] {
@@ -1119,6 +1326,10 @@ impl Sim {
         self.draining = true;
         self.step = self.cfg.steps;
         self.log("drain".into());
+        while let Some((t, s, x)) = self.notices.pop_first() {
+            self.now = self.now.max(t);
+            self.notice(s, x)?;
+        }
         for n in 0..self.cfg.nodes {
             if !self.started[n] {
                 self.start_node(n)?;
@@ -1171,8 +1382,13 @@ impl Sim {
             };
             if !outstanding {
                 // Only background work left (cached locks, timers): done
-                // once no message is in flight.
-                if self.links.values().all(|l| l.queue.is_empty()) {
+                // once no message is in flight and no membership change
+                // (a recovery, say) is under way.
+                let changing = self.dlms.iter().any(|dlm| {
+                    (0..self.cfg.domains)
+                        .any(|d| dlm.membership(&dname(d)).is_some_and(|(_, _, c)| c))
+                });
+                if !changing && self.links.values().all(|l| l.queue.is_empty()) {
                     break;
                 }
             }
@@ -1181,10 +1397,55 @@ impl Sim {
             }
             self.run_scheduled(s)?;
         }
+        self.check_records()?;
         for dlm in &self.dlms {
             for v in dlm.cluster_domains() {
                 self.out.joins += v.epoch;
             }
+        }
+        Ok(())
+    }
+
+    /// At rest, what each master records of the nodes' node locks is what
+    /// the nodes hold: in particular no lock of a dead node is left.
+    fn check_records(&self) -> Result<(), SimFailure> {
+        type Key = (usize, Vec<u8>, Vec<u8>);
+        let mut held: BTreeMap<Key, HeldAsked> = BTreeMap::new();
+        for (n, dlm) in self.dlms.iter().enumerate() {
+            dlm.for_each_node_lock(|d, r, m, p| {
+                held.insert((n, d.to_vec(), r.to_vec()), (m, p));
+            });
+        }
+        let mut recorded: BTreeMap<Key, HeldAsked> = BTreeMap::new();
+        for dlm in &self.dlms {
+            for r in dlm.resources(None) {
+                for h in &r.nodes {
+                    if h.granted.is_some() || h.requested.is_some() {
+                        recorded.insert(
+                            (h.node.0 as usize - 1, r.domain.clone(), r.name.clone()),
+                            (h.granted, h.requested),
+                        );
+                    }
+                }
+            }
+        }
+        if held != recorded {
+            let keys: BTreeSet<&Key> = held.keys().chain(recorded.keys()).collect();
+            let mut s =
+                String::from("at rest, masters' records differ from the nodes' node locks:");
+            for k in keys {
+                let (a, b) = (held.get(k), recorded.get(k));
+                if a != b {
+                    let _ = write!(
+                        s,
+                        "\n  node {} {}/{}: holds {a:?}, master records {b:?}",
+                        k.0 + 1,
+                        String::from_utf8_lossy(&k.1),
+                        String::from_utf8_lossy(&k.2)
+                    );
+                }
+            }
+            return Err(self.fail(s));
         }
         Ok(())
     }

@@ -77,6 +77,26 @@ fn newest(a: LvbCopy, b: LvbCopy) -> LvbCopy {
     }
 }
 
+/// Whether a resource's master may have been a lost (dead) node: its master
+/// among the old members, or, when this change overtakes one that died
+/// half-way, among the members that change was making (the new ones and
+/// the lost), which may have started mastering before dying.
+fn master_was_lost(
+    r: &[u8],
+    old: &BTreeSet<NodeId>,
+    new: &BTreeSet<NodeId>,
+    lost: &BTreeSet<NodeId>,
+) -> bool {
+    if lost.is_empty() {
+        return false;
+    }
+    let overtaken: BTreeSet<NodeId> = new.union(lost).copied().collect();
+    [master_of(r, old), master_of(r, &overtaken)]
+        .into_iter()
+        .flatten()
+        .any(|m| lost.contains(&m))
+}
+
 fn bits(mask: u8) -> impl Iterator<Item = Mode> {
     Mode::ALL.into_iter().filter(move |m| mask & m.bit() != 0)
 }
@@ -1321,8 +1341,7 @@ impl Dlm {
     ) -> BTreeMap<NodeId, Vec<ReportEntry>> {
         let me = self.node;
         let leaving = !new.contains(&me);
-        let prev_master_lost =
-            |r: &[u8]| !lost.is_empty() && master_of(r, old).is_some_and(|m| lost.contains(&m));
+        let prev_master_lost = |r: &[u8]| master_was_lost(r, old, new, lost);
         let mut out: BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>> =
             new.iter().map(|n| (*n, BTreeMap::new())).collect();
         let blank = |r: &[u8]| ReportEntry {
@@ -1625,8 +1644,7 @@ impl Dlm {
             }
             // The master died: what it kept may be newer than every copy
             // here, unless a node still holds a mode no writer can share.
-            let master_lost =
-                !f.lost.is_empty() && master_of(&r, &f.old).is_some_and(|n| f.lost.contains(&n));
+            let master_lost = master_was_lost(&r, &f.old, &f.new, &f.lost);
             let reader = list.iter().any(|(_, e)| {
                 e.granted
                     .is_some_and(|g| matches!(g, Mode::PR | Mode::PW | Mode::EX))

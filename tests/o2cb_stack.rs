@@ -242,6 +242,15 @@ fn global_heartbeat_follows_start_and_stop() {
     let (rc, _, err) = s.o2cb(&["unregister-cluster", "c1"]);
     assert_eq!(rc, 1);
     assert!(err.contains("heartbeat"), "{err}");
+    // Stopping the heartbeat while a domain is joined would make the other
+    // nodes take this one for dead while it holds locks: refused.
+    assert_eq!(s.lockd.run(&["join", "d"]).0, 0);
+    let (rc, _, err) = s.o2cb(&["stop-heartbeat", "c1"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("domains are joined: d"), "{err}");
+    assert_eq!(regions().len(), 1);
+    assert_eq!(s.lockd.run(&["leave", "d"]).0, 0);
+    assert!(eventually(30, || s.status()["domains"] == 0));
 
     let (rc, _, err) = s.o2cb(&["stop-heartbeat", "c1"]);
     assert_eq!(rc, 0, "{err}");

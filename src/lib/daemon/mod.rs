@@ -296,6 +296,7 @@ impl Daemon {
             next_region: 1,
             live_union: BTreeSet::new(),
             hb_restarted: BTreeSet::new(),
+            hb_down: BTreeSet::new(),
             start: Instant::now(),
             opts: &self.opts,
         };
@@ -345,6 +346,9 @@ struct Loop<'a> {
     /// Nodes the heartbeat saw restart (a new generation in their slot):
     /// their connection may already be the new incarnation's.
     hb_restarted: BTreeSet<u8>,
+    /// Nodes a heartbeat region saw die since the last membership update
+    /// (a node no longer seen because a region stopped is not dead).
+    hb_down: BTreeSet<u8>,
     /// Read buffer shared by all connections (zeroed once, not per read).
     scratch: Box<[u8]>,
     epoll: Epoll,
@@ -447,7 +451,15 @@ impl Loop<'_> {
             let input = match ev {
                 // Its old incarnation is dead: recovered from before the
                 // new one is believed.
-                MeshEvent::Restarted(n) => Input::NodeDown { node: NodeId(n) },
+                MeshEvent::Restarted(n) => {
+                    self.dlm.handle(now, Input::NodeDown { node: NodeId(n) });
+                    // The heartbeat may have seen the new one alive already.
+                    if self.live_union.contains(&n) {
+                        Input::NodeUp { node: NodeId(n) }
+                    } else {
+                        continue;
+                    }
+                }
                 MeshEvent::Up(n) => Input::PeerUp { node: NodeId(n) },
                 MeshEvent::Down(n) => Input::PeerDown { node: NodeId(n) },
                 MeshEvent::Msg(n, msg) => Input::Peer {
@@ -899,6 +911,21 @@ impl Loop<'_> {
 
     fn cluster_heartbeat(&mut self, cluster: &str, start: bool) -> Result<(), String> {
         let regions = self.running_cluster(cluster)?.setup.regions.clone();
+        if !start && !regions.is_empty() {
+            // The others would see this node stop and recover its locks
+            // while it still holds them.
+            let domains = self.dlm.domains();
+            if !domains.is_empty() {
+                let names: Vec<String> = domains
+                    .iter()
+                    .map(|d| String::from_utf8_lossy(&d.name).into_owned())
+                    .collect();
+                return Err(format!(
+                    "domains are joined: {}; the other nodes would take this node for dead while it holds locks",
+                    names.join(", ")
+                ));
+            }
+        }
         let errors: Vec<String> = regions
             .iter()
             .filter_map(|r| self.cluster_region(r, start).err())
@@ -1117,12 +1144,11 @@ impl Loop<'_> {
                         }
                         _ => {}
                     }
-                    if let liveness::Event::NodeDown {
-                        node,
-                        reason: liveness::DownReason::GenerationChanged,
-                    } = ev
-                    {
-                        self.hb_restarted.insert(*node);
+                    if let liveness::Event::NodeDown { node, reason } = ev {
+                        self.hb_down.insert(*node);
+                        if *reason == liveness::DownReason::GenerationChanged {
+                            self.hb_restarted.insert(*node);
+                        }
                     }
                 }
                 e.live = live;
@@ -1193,7 +1219,15 @@ impl Loop<'_> {
             self.dlm
                 .handle(self.start_elapsed(), Input::NodeUp { node: NodeId(*n) });
         }
-        let dead: Vec<u8> = self.live_union.difference(&now).copied().collect();
+        let died = std::mem::take(&mut self.hb_down);
+        // Only a death a region saw is a death: a node unseen because this
+        // node stopped its own heartbeat may be alive and well.
+        let dead: Vec<u8> = self
+            .live_union
+            .difference(&now)
+            .filter(|n| died.contains(n))
+            .copied()
+            .collect();
         self.live_union = now;
         let restarted = std::mem::take(&mut self.hb_restarted);
         for n in dead {

@@ -23,8 +23,12 @@
 //!   dropped. When a link is re-established after messages may have been
 //!   lost, both ends re-send what the other may be waiting for.
 //!
-//! Node death, quorum and fencing are the recovery layer's; here a
-//! disconnected node only delays what needs it.
+//! - **Death.** A node declared dead ([`Input::NodeDown`](super::Input::NodeDown))
+//!   is removed from every domain by a membership change that does not wait
+//!   for its report; masters are rebuilt from the survivors, and value
+//!   blocks it may have written are flagged invalid. A disconnected node
+//!   only delays what needs it: a lost connection is not a death. Quorum
+//!   and fencing are not here yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -371,7 +375,8 @@ pub(super) struct ClusterState {
     pub started: Option<Millis>,
     /// The last number given to a node-lock request.
     pub next_seq: u64,
-    /// Nodes declared dead (by heartbeat or quorum) and not back since:
+    /// Nodes declared dead (by lockd: disk heartbeat, or a restart seen in
+    /// the handshake; or by a freeze naming them lost) and not back since:
     /// they are recovered from, and nothing they send is believed.
     pub dead: BTreeSet<NodeId>,
     /// Dead nodes that came back (a new incarnation, believed again): a

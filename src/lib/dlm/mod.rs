@@ -410,9 +410,9 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
-    /// A node is declared dead (its disk heartbeat stopped, or it lost
-    /// quorum): in a cluster, every domain it was in recovers without it;
-    /// a later [`Input::PeerUp`] from it is a new incarnation.
+    /// A node is declared dead (its disk heartbeat stopped, or its lockd
+    /// restarted): in a cluster, every domain it was in recovers without
+    /// it; a later [`Input::PeerUp`] from it is a new incarnation.
     NodeDown {
         /// The node.
         node: NodeId,

@@ -1875,7 +1875,7 @@ impl Dlm {
         self.live.remove(&x);
     }
 
-    /// Node `x` is declared dead (its heartbeat stopped, or it was fenced):
+    /// Node `x` is declared dead (its heartbeat stopped, or its lockd restarted):
     /// every domain it was in recovers without it.
     pub(super) fn node_dead(&mut self, x: NodeId) {
         if self.cluster.is_none() || x == self.node || !self.cl().nodes.contains(&x) {

@@ -11,8 +11,8 @@
 //!
 //! | type | frame | rest of the payload |
 //! |---|---|---|
-//! | `0x6f` (`o`) | [`PeerFrame::Hello`] | rest of [`PEER_MAGIC`] `2pr`, version u16, cluster str, from u8, from_name str, to u8 |
-//! | `0x01` | [`PeerFrame::Welcome`] | node u8 |
+//! | `0x6f` (`o`) | [`PeerFrame::Hello`] | rest of [`PEER_MAGIC`] `2pr`, version u16, cluster str, from u8, from_name str, to u8, generation u64 |
+//! | `0x01` | [`PeerFrame::Welcome`] | node u8, generation u64 |
 //! | `0x02` | [`PeerFrame::Refused`] | reason str |
 //! | `0x03` | [`PeerFrame::Msg`] | message kind u8, then its fields in declaration order |
 //! | `0x04` | [`PeerFrame::Keepalive`] | nothing |

@@ -885,15 +885,22 @@ impl Loop<'_> {
         self.enter_cluster(setup).map_err(|e| e.to_string())
     }
 
-    fn unregister_cluster(&mut self, cluster: &str) -> Result<(), String> {
-        self.running_cluster(cluster)?;
+    /// "domains are joined: a, b", if any is.
+    fn joined_domains(&self) -> Option<String> {
         let domains = self.dlm.domains();
-        if !domains.is_empty() {
+        (!domains.is_empty()).then(|| {
             let names: Vec<String> = domains
                 .iter()
                 .map(|d| String::from_utf8_lossy(&d.name).into_owned())
                 .collect();
-            return Err(format!("domains are joined: {}", names.join(", ")));
+            format!("domains are joined: {}", names.join(", "))
+        })
+    }
+
+    fn unregister_cluster(&mut self, cluster: &str) -> Result<(), String> {
+        self.running_cluster(cluster)?;
+        if let Some(joined) = self.joined_domains() {
+            return Err(joined);
         }
         if self.regions.values().any(|e| !e.stopping) {
             return Err(format!(
@@ -914,15 +921,9 @@ impl Loop<'_> {
         if !start && !regions.is_empty() {
             // The others would see this node stop and recover its locks
             // while it still holds them.
-            let domains = self.dlm.domains();
-            if !domains.is_empty() {
-                let names: Vec<String> = domains
-                    .iter()
-                    .map(|d| String::from_utf8_lossy(&d.name).into_owned())
-                    .collect();
+            if let Some(joined) = self.joined_domains() {
                 return Err(format!(
-                    "domains are joined: {}; the other nodes would take this node for dead while it holds locks",
-                    names.join(", ")
+                    "{joined}; the other nodes would take this node for dead while it holds locks"
                 ));
             }
         }

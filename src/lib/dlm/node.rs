@@ -1344,29 +1344,35 @@ impl Dlm {
         let prev_master_lost = |r: &[u8]| master_was_lost(r, old, new, lost);
         let mut out: BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>> =
             new.iter().map(|n| (*n, BTreeMap::new())).collect();
-        let blank = |r: &[u8]| ReportEntry {
-            resource: r.to_vec(),
-            granted: None,
-            want: None,
-            noqueue: false,
-            seq: 0,
-            pid: 0,
-            lvb: None,
-            master_lvb: None,
-            lost_writer: false,
-        };
+        // The entry for `r` in the report to its new master.
+        fn entry_for<'a>(
+            out: &'a mut BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>>,
+            new: &BTreeSet<NodeId>,
+            r: &[u8],
+        ) -> &'a mut ReportEntry {
+            let target = master_of(r, new).expect("members");
+            out.get_mut(&target)
+                .expect("a member")
+                .entry(r.to_vec())
+                .or_insert_with(|| ReportEntry {
+                    resource: r.to_vec(),
+                    granted: None,
+                    want: None,
+                    noqueue: false,
+                    seq: 0,
+                    pid: 0,
+                    lvb: None,
+                    master_lvb: None,
+                    lost_writer: false,
+                })
+        }
         if let Some(dom) = self.domains.get_mut(d) {
             for (r, res) in dom.resources.iter_mut() {
                 let copy = res.lvb.copy();
                 let keep_copy = copy.seq > 0 && prev_master_lost(r);
                 let Some(node) = res.node.as_deref_mut() else {
                     if keep_copy && !new.is_empty() {
-                        let target = master_of(r, new).expect("members");
-                        out.get_mut(&target)
-                            .expect("a member")
-                            .entry(r.to_vec())
-                            .or_insert_with(|| blank(r))
-                            .lvb = Some(copy);
+                        entry_for(&mut out, new, r).lvb = Some(copy);
                     }
                     continue;
                 };
@@ -1383,12 +1389,7 @@ impl Dlm {
                 if (granted.is_none() && want.is_none() && lvb.is_none()) || new.is_empty() {
                     continue;
                 }
-                let target = master_of(r, new).expect("members");
-                let e = out
-                    .get_mut(&target)
-                    .expect("a member")
-                    .entry(r.to_vec())
-                    .or_insert_with(|| blank(r));
+                let e = entry_for(&mut out, new, r);
                 e.granted = granted;
                 e.want = want.map(|w| w.0);
                 e.noqueue = want.is_some_and(|w| w.1);
@@ -1423,12 +1424,7 @@ impl Dlm {
         }
         let keep =
             |out: &mut BTreeMap<NodeId, BTreeMap<Vec<u8>, ReportEntry>>, r: &[u8], l: LvbCopy| {
-                let target = master_of(r, new).expect("members");
-                let e = out
-                    .get_mut(&target)
-                    .expect("a member")
-                    .entry(r.to_vec())
-                    .or_insert_with(|| blank(r));
+                let e = entry_for(out, new, r);
                 e.master_lvb = Some(match e.master_lvb.take() {
                     Some(have) => newest(have, l),
                     None => l,
@@ -1446,12 +1442,7 @@ impl Dlm {
             }
             // A dead node that could write the value block may have.
             for r in suspect {
-                let target = master_of(&r, new).expect("members");
-                out.get_mut(&target)
-                    .expect("a member")
-                    .entry(r.clone())
-                    .or_insert_with(|| blank(&r))
-                    .lost_writer = true;
+                entry_for(&mut out, new, &r).lost_writer = true;
             }
         }
         out.into_iter()

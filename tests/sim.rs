@@ -100,7 +100,9 @@ fn a_seed_replays_exactly() {
 /// `O2TOOLS_SIM_SEEDS` says.
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {
-    for seed in [38, 80, 109, 142, 735, 786, 1046, 1140, 1204, 2948, 5157, 12451] {
+    for seed in [
+        38, 80, 109, 142, 735, 786, 1046, 1140, 1204, 2948, 5157, 12451,
+    ] {
         if let Err(f) = o2tools::sim::run_seed(seed, 1500) {
             panic!("{f}");
         }

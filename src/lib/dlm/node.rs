@@ -466,15 +466,7 @@ impl Dlm {
             // yet (recovery is not over here): an Ask is refused, so that
             // it asks again later, anything else dropped.
             if let PeerMsg::Ask { domain, req } = msg {
-                let dc = self.dc_mut(&domain);
-                let answer = PeerMsg::Answer {
-                    domain: domain.clone(),
-                    req,
-                    ok: false,
-                    epoch: dc.m.epoch,
-                    members: dc.m.members.iter().copied().collect(),
-                    frozen: dc.m.frozen.as_ref().map_or(0, |f| f.epoch),
-                };
+                let answer = self.answer(&domain, req, false);
                 self.send(from, answer);
             }
             return;
@@ -1104,15 +1096,21 @@ impl Dlm {
         if ok {
             dc.m.approved = Some((from, req));
         }
-        let msg = PeerMsg::Answer {
+        let msg = self.answer(d, req, ok);
+        self.send(from, msg);
+    }
+
+    /// The answer to an Ask for `d`, with what this node knows of it.
+    fn answer(&mut self, d: &[u8], req: u64, ok: bool) -> PeerMsg {
+        let dc = self.dc_mut(d);
+        PeerMsg::Answer {
             domain: d.to_vec(),
             req,
             ok,
             epoch: dc.m.epoch,
             members: dc.m.members.iter().copied().collect(),
             frozen: dc.m.frozen.as_ref().map_or(0, |f| f.epoch),
-        };
-        self.send(from, msg);
+        }
     }
 
     /// Gives up this node's change while it is asking: the approvals it got

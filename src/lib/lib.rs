@@ -5,6 +5,7 @@
 //! - [`dlm`]: the lock manager core, a pure state machine (one node, or a
 //!   node of a cluster: membership, mastery, node-level locks).
 //! - [`proto`]: the wire protocols: client to lockd, and lockd to lockd ([`proto::peer`]).
+//! - [`quorum`]: who keeps its locks when the cluster splits (o2quo rules, leases).
 //! - [`daemon`]: lockd's event loop around the core, and its TCP mesh to the other nodes.
 //! - [`client`]: the Rust API for talking to lockd.
 //! - [`dlmfs`]: the userspace dlmfs (FUSE) over lockd.
@@ -21,4 +22,5 @@ pub mod dlm;
 pub mod dlmfs;
 pub mod heartbeat;
 pub mod proto;
+pub mod quorum;
 pub mod sim;

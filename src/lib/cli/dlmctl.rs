@@ -158,7 +158,8 @@ pub struct LockArgs {
     /// Do not let COMMAND inherit the lock's connection
     #[arg(short = 'o', long)]
     pub close: bool,
-    /// If the lock is lost, SIGKILL COMMAND this long after SIGTERM
+    /// If the lock is lost, SIGKILL COMMAND this long after SIGTERM (at
+    /// most lockd's fence grace less one second when the node fenced itself)
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub kill_after: f64,
     /// Convert persistent lock N to the mode instead of taking a new lock
@@ -502,6 +503,7 @@ fn lost_text(reason: Option<LostReason>) -> &'static str {
     match reason {
         Some(LostReason::DomainLeft) => "the node left the domain",
         Some(LostReason::BrokenByRoot) => "root unlocked it",
+        Some(LostReason::Fenced) => "this node lost quorum and fenced itself",
         None => "lockd went away",
     }
 }
@@ -541,7 +543,13 @@ fn run_command(mut c: Client, id: LockId, mode: Mode, l: &LockArgs) -> Res {
     };
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let pidfd = pidfd_open(child.id());
-    let kill_after = Duration::from_secs_f64(l.kill_after);
+    let mut kill_after = Duration::from_secs_f64(l.kill_after);
+    // A node fencing itself waits this long for the command to stop before
+    // the other nodes may take the lock; SIGKILL comes a second before.
+    let fence_kill = c
+        .fence_grace()
+        .map_err(|e| Fail(exit::ERROR, e.to_string()))?
+        .saturating_sub(Duration::from_secs(1));
     let mut lost: Option<Instant> = None;
     let mut lockd_gone = false;
     loop {
@@ -608,6 +616,9 @@ fn run_command(mut c: Client, id: LockId, mode: Mode, l: &LockArgs) -> Res {
                 l.resource,
                 lost_text(reason)
             );
+            if reason == Some(LostReason::Fenced) {
+                kill_after = kill_after.min(fence_kill);
+            }
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             lost = Some(Instant::now());
         }

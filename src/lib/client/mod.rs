@@ -172,9 +172,9 @@ pub struct Client {
     rbuf: Vec<u8>,
     next_tag: u64,
     events: VecDeque<Event>,
-    /// lockd's node and pid, once its welcome has been read. The hello is
+    /// lockd's node, pid and fence grace (ms), once its welcome has been read. The hello is
     /// not waited for: the first request goes out right behind it.
-    welcome: Option<(NodeId, u32)>,
+    welcome: Option<(NodeId, u32, u32)>,
     /// Read buffer (zeroed once, not per read).
     scratch: Box<[u8]>,
     /// Reused encoding buffer.
@@ -313,7 +313,7 @@ impl Client {
     }
 
     /// Waits for lockd's welcome if it has not been read yet.
-    fn welcomed(&mut self) -> Result<(NodeId, u32), ClientError> {
+    fn welcomed(&mut self) -> Result<(NodeId, u32, u32), ClientError> {
         loop {
             // Decoding consumes the welcome, if it is buffered.
             let m = self.try_decode()?;
@@ -351,6 +351,14 @@ impl Client {
         Ok(self.welcomed()?.1)
     }
 
+    /// How long lockd waits, when it fences itself, for clients that held
+    /// locks to let go before it stops heartbeating (and the other nodes
+    /// recover the locks): whatever runs under a lock lost to fencing must
+    /// stop within this.
+    pub fn fence_grace(&mut self) -> Result<Duration, ClientError> {
+        Ok(Duration::from_millis(u64::from(self.welcomed()?.2)))
+    }
+
     fn send(&mut self, m: &ClientMsg) -> Result<(), ClientError> {
         let mut buf = std::mem::take(&mut self.wbuf);
         buf.clear();
@@ -383,13 +391,21 @@ impl Client {
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             };
             match (m, self.welcome) {
-                (ServerMsg::Welcome { version, node, pid }, None) => {
+                (
+                    ServerMsg::Welcome {
+                        version,
+                        node,
+                        pid,
+                        fence_grace_ms,
+                    },
+                    None,
+                ) => {
                     if version != PROTOCOL_VERSION {
                         return Err(ClientError::Protocol(format!(
                             "lockd speaks protocol {version}, we speak {PROTOCOL_VERSION}"
                         )));
                     }
-                    self.welcome = Some((node, pid));
+                    self.welcome = Some((node, pid, fence_grace_ms));
                 }
                 (ServerMsg::Error { message }, None) => return Err(ClientError::Protocol(message)),
                 (m, None) => {

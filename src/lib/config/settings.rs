@@ -16,7 +16,16 @@
 //! idle_timeout_ms = 30000   # O2CB_IDLE_TIMEOUT_MS
 //! keepalive_delay_ms = 2000 # O2CB_KEEPALIVE_DELAY_MS
 //! reconnect_delay_ms = 2000 # O2CB_RECONNECT_DELAY_MS
+//! fence_grace_ms = 10000    # a fencing node waits this long for clients
 //! ```
+//!
+//! `fence_grace_ms` ties fencing to the clients: a node that lost quorum
+//! waits up to this long for every client that held a lock to let go (`dlmctl
+//! lock` sends SIGKILL to its command no later than one second before it
+//! ends, whatever `--kill-after` says), then stops heartbeating. Without a
+//! disk heartbeat the other nodes wait [`Settings::fence_margin_ms`] (this
+//! grace plus the keepalive delay plus two seconds) on top of the idle
+//! timeout before they declare an unreachable node dead.
 //!
 //! Unknown keys and out-of-range values are errors that name the key.
 
@@ -68,6 +77,8 @@ pub struct NetworkSettings {
     pub keepalive_delay_ms: u32,
     /// Wait this long before reconnecting.
     pub reconnect_delay_ms: u32,
+    /// A node fencing itself waits this long for its clients to let go.
+    pub fence_grace_ms: u32,
 }
 
 impl Default for Settings {
@@ -81,6 +92,7 @@ impl Default for Settings {
                 idle_timeout_ms: 30_000,
                 keepalive_delay_ms: 2000,
                 reconnect_delay_ms: 2000,
+                fence_grace_ms: 10_000,
             },
         }
     }
@@ -90,6 +102,15 @@ impl Settings {
     /// Milliseconds without a heartbeat after which a node is dead.
     pub fn dead_ms(&self) -> u64 {
         u64::from(self.heartbeat.interval_ms) * u64::from(self.heartbeat.dead_threshold)
+    }
+
+    /// Without a disk heartbeat, how long past the idle timeout the nodes
+    /// that keep quorum wait before declaring an unreachable node dead: more
+    /// than fencing takes on the other side (the fence grace), plus the
+    /// keepalive delay (the two sides may have heard from each other last
+    /// that far apart), plus two seconds for scheduling and clock rates.
+    pub fn fence_margin_ms(&self) -> u64 {
+        u64::from(self.network.fence_grace_ms) + u64::from(self.network.keepalive_delay_ms) + 2000
     }
 }
 
@@ -173,7 +194,11 @@ struct RawNetwork {
     idle_timeout_ms: Option<u64>,
     keepalive_delay_ms: Option<u64>,
     reconnect_delay_ms: Option<u64>,
+    fence_grace_ms: Option<u64>,
 }
+
+/// Accepted fence grace: dlmctl kills its command one second before it ends.
+pub const FENCE_GRACE_MS: RangeInclusive<u32> = 1000..=600_000;
 
 fn check(
     path: &Path,
@@ -289,6 +314,12 @@ fn apply_toml(s: &mut Settings, path: &Path, text: &str) -> Result<(), SettingsE
         raw.network.reconnect_delay_ms,
         "network.reconnect_delay_ms",
         NETWORK_MS,
+    )?;
+    set(
+        &mut s.network.fence_grace_ms,
+        raw.network.fence_grace_ms,
+        "network.fence_grace_ms",
+        FENCE_GRACE_MS,
     )
 }
 
@@ -412,10 +443,12 @@ mod tests {
         let (_d, f) = files(
             None,
             Some(
-                "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 5\n[network]\nidle_timeout_ms = 4000\nkeepalive_delay_ms = 500\nreconnect_delay_ms = 700\n",
+                "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 5\n[network]\nidle_timeout_ms = 4000\nkeepalive_delay_ms = 500\nreconnect_delay_ms = 700\nfence_grace_ms = 3000\n",
             ),
         );
         let s = f.load().unwrap();
+        assert_eq!(s.network.fence_grace_ms, 3000);
+        assert_eq!(s.fence_margin_ms(), 3000 + 500 + 2000);
         assert_eq!(s.heartbeat.interval_ms, 1000);
         assert_eq!(s.heartbeat.dead_threshold, 5);
         assert_eq!(s.network.idle_timeout_ms, 4000);

@@ -695,6 +695,7 @@ impl Loop<'_> {
                         version: PROTOCOL_VERSION,
                         node: self.node,
                         pid: std::process::id(),
+                        fence_grace_ms: self.opts.settings.network.fence_grace_ms,
                     },
                 );
             }

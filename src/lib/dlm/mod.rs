@@ -261,6 +261,9 @@ pub enum LostReason {
     DomainLeft,
     /// Root unlocked it.
     BrokenByRoot,
+    /// This node lost quorum and fenced itself: every lock on it was taken
+    /// back (the other nodes recover them once it stops heartbeating).
+    Fenced,
 }
 
 /// Something that happened to a client's lock after its request was answered.
@@ -377,6 +380,12 @@ pub enum DlmError {
     /// The request came from a connection the core does not know.
     #[error("unknown client")]
     UnknownClient,
+    /// This node lost quorum and fenced itself; it takes requests again
+    /// once it reaches a quorum of the cluster.
+    #[error(
+        "this node lost quorum and fenced itself; it takes requests again once it reaches the other nodes"
+    )]
+    Fenced,
 }
 
 /// An input to the core.
@@ -435,6 +444,14 @@ pub enum Input {
         /// The message.
         msg: PeerMsg,
     },
+    /// This node lost quorum: every lock is taken back (a granted lock's
+    /// client gets [`Event::Lost`] with [`LostReason::Fenced`], a pending
+    /// one's [`Failure::Cancelled`], a waiting join or leave
+    /// [`DlmError::Fenced`]), the node forgets every domain as if it had
+    /// just started, and refuses requests until [`Input::Unfence`].
+    Fence,
+    /// This node reaches a quorum again: requests are served.
+    Unfence,
 }
 
 /// The state of a resource's value block.
@@ -663,6 +680,8 @@ pub struct Dlm {
     cluster: Option<Box<cluster::ClusterState>>,
     /// Messages to this node itself, handled after the current input.
     loopback: VecDeque<PeerMsg>,
+    /// Fenced: every request is refused.
+    fenced: bool,
 }
 
 fn check_name(what: &'static str, name: &[u8]) -> Result<(), DlmError> {
@@ -705,6 +724,7 @@ impl Dlm {
             now: Millis(0),
             cluster: None,
             loopback: VecDeque::new(),
+            fenced: false,
         }
     }
 
@@ -748,6 +768,7 @@ impl Dlm {
             } => {
                 let reply = match self.clients.get(&client).map(|c| c.cred) {
                     None => Err(DlmError::UnknownClient),
+                    Some(_) if self.fenced => Err(DlmError::Fenced),
                     Some(cred) => self.request(now, client, cred, tag, request),
                 };
                 if let Err(e) = reply {
@@ -771,7 +792,77 @@ impl Dlm {
             Input::PeerUp { node } => self.peer_up(now, node),
             Input::PeerDown { node } => self.peer_down(node),
             Input::Peer { from, msg } => self.on_peer(now, from, msg),
+            Input::Fence => self.fence(),
+            Input::Unfence => self.fenced = false,
         }
+    }
+
+    /// Whether this node is fenced (see [`Input::Fence`]).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Takes every lock back, tells its client, and starts over as a
+    /// fresh node (same clients, same configuration) that refuses requests.
+    fn fence(&mut self) {
+        let ids: Vec<LockId> = self.locks.keys().copied().collect();
+        for id in ids {
+            let l = &self.locks[&id];
+            let event = if l.granted.is_some() {
+                Event::Lost {
+                    lock: id,
+                    reason: LostReason::Fenced,
+                }
+            } else {
+                Event::Failed {
+                    lock: id,
+                    failure: Failure::Cancelled,
+                }
+            };
+            self.event(l.notify(), event);
+        }
+        let waiting: Vec<(ClientId, u64)> = self
+            .cluster
+            .as_deref()
+            .map(|cl| {
+                cl.domains
+                    .values()
+                    .flat_map(|dc| dc.join_waiters.iter().chain(&dc.leave_waiters))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (client, tag) in waiting {
+            self.reply(client, tag, Reply::Err(DlmError::Fenced));
+        }
+        let mut fresh = match self.cluster.as_deref() {
+            Some(cl) => Dlm::new_cluster(
+                self.node,
+                cluster::ClusterConfig {
+                    nodes: cl.nodes.iter().copied().collect(),
+                    settle_ms: cl.settle_ms,
+                },
+            ),
+            None => Dlm::new(self.node),
+        };
+        fresh.next_lock = self.next_lock;
+        fresh.counters = std::mem::take(&mut self.counters);
+        fresh.actions = std::mem::take(&mut self.actions);
+        fresh.live = std::mem::take(&mut self.live);
+        fresh.now = self.now;
+        for (&id, c) in &self.clients {
+            fresh.clients.insert(
+                id,
+                ClientState {
+                    cred: c.cred,
+                    locks: BTreeSet::new(),
+                    pending: BTreeSet::new(),
+                    domains: BTreeSet::new(),
+                },
+            );
+        }
+        fresh.fenced = true;
+        *self = fresh;
     }
 
     /// The next thing to do, if any.

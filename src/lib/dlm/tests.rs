@@ -1297,3 +1297,57 @@ fn heartbeat_membership_is_recorded() {
     assert_eq!(d.live_nodes(), [NodeId(2)]);
     assert!(d.poll_action().is_none());
 }
+
+#[test]
+fn fencing_takes_every_lock_back_and_refuses_requests_until_unfenced() {
+    let mut h = H::new();
+    let (a, _) = h.lock(1, "r", Mode::EX);
+    let (w, _) = h.lock(2, "r", Mode::PR);
+    let (b, _) = h.lock(3, "other", Mode::PR);
+    h.out.clear();
+    h.dlm.handle(h.now, Input::Fence);
+    h.drain();
+    assert!(h.dlm.is_fenced());
+    for (lock, event) in [
+        (
+            a,
+            Event::Lost {
+                lock: a,
+                reason: LostReason::Fenced,
+            },
+        ),
+        (
+            b,
+            Event::Lost {
+                lock: b,
+                reason: LostReason::Fenced,
+            },
+        ),
+        (
+            w,
+            Event::Failed {
+                lock: w,
+                failure: Failure::Cancelled,
+            },
+        ),
+    ] {
+        assert_eq!(h.events_for(lock), [event]);
+    }
+    assert!(h.dlm.domains().is_empty());
+    assert_eq!(h.dlm.stats().locks, 0);
+    let lock = Request::Lock(LockRequest {
+        domain: D.to_vec(),
+        resource: b"r".to_vec(),
+        mode: Mode::EX,
+        flags: LockFlags::default(),
+        timeout_ms: None,
+    });
+    assert_eq!(h.req(4, lock.clone()).0, Reply::Err(DlmError::Fenced));
+    h.dlm.handle(h.now, Input::Unfence);
+    let (r, events) = h.req(4, lock);
+    let Reply::LockAccepted { lock: id } = r else {
+        panic!("{r:?}");
+    };
+    assert!(id.0 > b.0, "lock ids are not reused");
+    assert!(matches!(events[..], [Event::Granted { .. }]), "{events:?}");
+}

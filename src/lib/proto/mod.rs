@@ -23,7 +23,7 @@ use crate::dlm::{
 pub mod peer;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Magic at the start of the hello.
 pub const MAGIC: &[u8; 4] = b"o2tl";
 /// Largest payload accepted from a client (requests are small).
@@ -202,6 +202,10 @@ pub enum ServerMsg {
         node: NodeId,
         /// lockd's process id.
         pid: u32,
+        /// If this node fences itself, how long it waits for clients that
+        /// held locks to let go before it stops heartbeating
+        /// (`network.fence_grace_ms`).
+        fence_grace_ms: u32,
     },
     /// Answer to one request.
     Reply {
@@ -536,6 +540,7 @@ fn put_error(w: &mut W, e: &DlmError) {
             w.mode(*need);
         }
         DlmError::UnknownClient => w.u8(9),
+        DlmError::Fenced => w.u8(10),
     }
 }
 
@@ -581,6 +586,7 @@ fn put_event(w: &mut W, e: &Event) {
             w.u8(match reason {
                 LostReason::DomainLeft => 1,
                 LostReason::BrokenByRoot => 2,
+                LostReason::Fenced => 3,
             });
         }
     }
@@ -612,11 +618,17 @@ pub fn encode_server(m: &ServerMsg) -> Vec<u8> {
 pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
     let mut w = W::append_to(buf);
     match m {
-        ServerMsg::Welcome { version, node, pid } => {
+        ServerMsg::Welcome {
+            version,
+            node,
+            pid,
+            fence_grace_ms,
+        } => {
             w.u8(1);
             w.u16(*version);
             w.u8(node.0);
             w.u32(*pid);
+            w.u32(*fence_grace_ms);
         }
         ServerMsg::Reply { tag, reply } => {
             w.u8(2);
@@ -1022,6 +1034,7 @@ fn get_error(r: &mut R<'_>) -> Result<DlmError, DecodeError> {
             need: r.mode()?,
         },
         9 => DlmError::UnknownClient,
+        10 => DlmError::Fenced,
         v => {
             return Err(DecodeError::Unknown {
                 what: "error",
@@ -1072,6 +1085,7 @@ fn get_event(r: &mut R<'_>) -> Result<Event, DecodeError> {
             reason: match r.u8()? {
                 1 => LostReason::DomainLeft,
                 2 => LostReason::BrokenByRoot,
+                3 => LostReason::Fenced,
                 v => {
                     return Err(DecodeError::Unknown {
                         what: "lost reason",
@@ -1118,6 +1132,8 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
             version: r.u16()?,
             node: NodeId(r.u8()?),
             pid: r.u32()?,
+            // Absent before version 4: the version check names the mismatch.
+            fence_grace_ms: if r.b.is_empty() { 0 } else { r.u32()? },
         },
         2 => {
             let tag = r.u64()?;
@@ -1421,6 +1437,7 @@ mod tests {
                 version: 1,
                 node: NodeId(4),
                 pid: 1234,
+                fence_grace_ms: 10_000,
             },
             ServerMsg::Error {
                 message: "bad frame".into(),
@@ -1455,6 +1472,7 @@ mod tests {
                 need: Mode::CR,
             })),
             ServerReply::Dlm(Reply::Err(DlmError::UnknownClient)),
+            ServerReply::Dlm(Reply::Err(DlmError::Fenced)),
             ServerReply::Status(StatusInfo {
                 node: NodeId(0),
                 cluster: Some("c1".into()),
@@ -1558,6 +1576,10 @@ mod tests {
             Event::Lost {
                 lock: LockId(1),
                 reason: LostReason::BrokenByRoot,
+            },
+            Event::Lost {
+                lock: LockId(1),
+                reason: LostReason::Fenced,
             },
         ];
         v.extend(events.into_iter().map(ServerMsg::Event));

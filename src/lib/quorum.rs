@@ -172,6 +172,14 @@ impl Quorum {
         }
     }
 
+    /// Every connection is gone (this node closed them).
+    pub fn disconnected_all(&mut self, now: Millis) {
+        let all: Vec<u8> = self.connected.iter().copied().collect();
+        for n in all {
+            self.disconnected(now, n);
+        }
+    }
+
     /// `n` was declared dead by other means (its heartbeat, a restart):
     /// with leases it is no longer a voter until it connects again.
     pub fn dead(&mut self, n: u8) {
@@ -209,9 +217,10 @@ impl Quorum {
         }
     }
 
-    /// The voters reachable now: connected, or cut off too recently to tell.
+    /// The voters reachable now: connected, or cut off too recently to tell
+    /// (not while fenced: a fenced node must really reach a quorum again).
     pub fn reachable(&self, now: Millis) -> BTreeSet<u8> {
-        let reach = self.reach_ms();
+        let reach = if self.fenced { 0 } else { self.reach_ms() };
         self.voters
             .iter()
             .copied()

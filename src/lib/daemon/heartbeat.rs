@@ -50,6 +50,9 @@ pub(crate) enum Report {
         iterations: u64,
         /// Trouble on this iteration.
         problem: Option<String>,
+        /// Another node (or another incarnation of this one) writes this
+        /// node's slot: a reason to fence.
+        slot_taken: bool,
     },
     /// The thread wrote its clean-stop block and ended.
     Stopped,
@@ -62,6 +65,10 @@ pub(crate) struct HbParams {
     pub node: u8,
     pub interval_ms: u32,
     pub dead_threshold: u32,
+    /// Set while this node is fenced: the thread writes the clean-stop block
+    /// once, then only reads; cleared, it writes again under a new
+    /// generation (a new incarnation for the other nodes).
+    pub silent: Arc<AtomicBool>,
 }
 
 /// A running region thread.
@@ -172,7 +179,8 @@ fn run(
     cfg.dead_threshold = p.dead_threshold;
     cfg.dead_ms = dead_ms;
     let mut lv = Liveness::new(cfg);
-    let generation = random_generation();
+    let mut generation = random_generation();
+    let mut silenced = false;
     info!(
         device = %p.device.display(),
         uuid = %p.region.uuid_string(),
@@ -225,9 +233,37 @@ fn run(
                 problem = Some(e.to_string());
             }
         }
+        // A fenced node has let go of its locks: it says so (the clean-stop
+        // block, a death the others see at once) and stays silent until it
+        // is back, as a new incarnation.
+        let fenced = p.silent.load(Ordering::SeqCst);
+        if fenced && !silenced {
+            let block = HbBlock {
+                seq: wall_seconds(),
+                node: p.node,
+                generation: 0,
+                dead_ms,
+            };
+            match io.write_slot(u32::from(p.node), &block) {
+                Ok(()) => lv.wrote(&block),
+                Err(e) => problem = Some(format!("write failed: {e}")),
+            }
+            info!(device = %p.device.display(), "heartbeat silenced: this node fenced itself");
+            silenced = true;
+        } else if !fenced && silenced {
+            generation = random_generation();
+            silenced = false;
+            info!(
+                device = %p.device.display(),
+                generation = format_args!("{generation:#x}"),
+                "heartbeat resumes as a new incarnation"
+            );
+        }
         // Only a turning event loop may vouch for this node.
         let loop_age = now_ms.saturating_sub(alive_ms.load(Ordering::SeqCst));
-        if loop_age <= 3 * u64::from(p.interval_ms) {
+        if silenced {
+            // Reading only: the others' liveness still counts for quorum.
+        } else if loop_age <= 3 * u64::from(p.interval_ms) {
             stalled_logged = false;
             let block = HbBlock {
                 seq: wall_seconds(),
@@ -259,6 +295,15 @@ fn run(
         iterations += 1;
         let steady = iterations - last_change > u64::from(liveness::LIVE_THRESHOLD);
         send(Report::Iteration {
+            slot_taken: events.iter().any(|e| {
+                matches!(
+                    e,
+                    liveness::Event::OwnSlotMismatch {
+                        kind: liveness::MismatchKind::OtherNode | liveness::MismatchKind::Generation,
+                        ..
+                    }
+                )
+            }),
             events,
             live: lv.live_nodes(),
             steady,

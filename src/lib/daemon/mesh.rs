@@ -179,6 +179,17 @@ pub enum MeshEvent {
     Restarted(u8),
     /// A message from the node.
     Msg(u8, PeerMsg),
+    /// The node refused this one as an incarnation it declared dead (and
+    /// recovered from): this lockd must fence itself and come back anew.
+    DeclaredDead(u8),
+}
+
+/// The refusal that tells a node it was declared dead (recognised by
+/// [`MeshEvent::DeclaredDead`]).
+const DECLARED_DEAD: &str = "was declared dead and its locks recovered; its lockd must restart";
+
+fn declared_dead_reason(n: u8) -> String {
+    format!("node {n} {DECLARED_DEAD}")
 }
 
 /// Output buffered beyond this means the peer does not read: the
@@ -639,10 +650,16 @@ impl Mesh {
                 PeerFrame::Msg(m) if c.up => out.push(MeshEvent::Msg(n, m)),
                 PeerFrame::Keepalive if c.up => {}
                 PeerFrame::Welcome { generation, .. } if dead_generation == Some(generation) => {
-                    self.note_error(
-                        n,
-                        format!("node {n} was declared dead and its locks recovered; its lockd must restart"),
+                    let reason = declared_dead_reason(n);
+                    // It must learn it: it may not know it was cut off.
+                    c.push(
+                        &PeerFrame::Refused {
+                            reason: reason.clone(),
+                        },
+                        Instant::now(),
                     );
+                    let _ = c.stream.write(&c.wbuf);
+                    self.note_error(n, reason);
                     self.drop_link(n, epoll, out);
                     return false;
                 }
@@ -655,6 +672,9 @@ impl Mesh {
                     out.push(MeshEvent::Up(n));
                 }
                 PeerFrame::Refused { reason } => {
+                    if reason.ends_with(DECLARED_DEAD) {
+                        out.push(MeshEvent::DeclaredDead(n));
+                    }
                     self.note_error(n, format!("node {n} refused the connection: {reason}"));
                     self.drop_link(n, epoll, out);
                     return false;
@@ -799,9 +819,7 @@ impl Mesh {
             ));
         }
         if self.links[from].dead_generation == Some(*generation) {
-            return Err(format!(
-                "node {from} was declared dead and its locks recovered; its lockd must restart"
-            ));
+            return Err(declared_dead_reason(*from));
         }
         Ok(*from)
     }

@@ -20,6 +20,7 @@
 //! May depend on: everything in the crate below `cli`; nix for epoll,
 //! signalfd, flock and peer credentials. The only place that reads the clock.
 
+mod fence;
 mod heartbeat;
 pub mod mesh;
 
@@ -33,7 +34,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Instant;
 
@@ -49,10 +50,12 @@ use crate::client::SocketPath;
 use crate::config::Settings;
 use crate::dlm::{Action, ClientId, ClusterConfig, Cred, Dlm, Input, Millis, NodeId};
 use crate::heartbeat::{liveness, region};
+use crate::quorum::Quorum;
 use crate::proto::{
     self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, NodeStatus, PROTOCOL_VERSION,
     ServerMsg, ServerReply, StatusInfo,
 };
+use fence::Fence;
 use heartbeat::{HbParams, RegionThread, Report};
 use mesh::{ClusterSetup, Mesh, MeshEvent};
 
@@ -297,6 +300,11 @@ impl Daemon {
             live_union: BTreeSet::new(),
             hb_restarted: BTreeSet::new(),
             hb_down: BTreeSet::new(),
+            quorum: None,
+            fence: Fence::No,
+            fence_reason: None,
+            fence_waiting: None,
+            hb_silent: Arc::new(AtomicBool::new(false)),
             start: Instant::now(),
             opts: &self.opts,
         };
@@ -349,6 +357,16 @@ struct Loop<'a> {
     /// Nodes a heartbeat region saw die since the last membership update
     /// (a node no longer seen because a region stopped is not dead).
     hb_down: BTreeSet<u8>,
+    /// In a cluster: whether this node keeps its locks if the cluster splits.
+    quorum: Option<Quorum>,
+    /// Where this node is in fencing itself.
+    fence: Fence,
+    /// A reason to fence found since the last turn (slot taken, declared dead).
+    fence_reason: Option<String>,
+    /// While the core takes the locks back: the clients told.
+    fence_waiting: Option<BTreeSet<u64>>,
+    /// Set while fenced: the heartbeat threads stay silent.
+    hb_silent: Arc<AtomicBool>,
     /// Read buffer shared by all connections (zeroed once, not per read).
     scratch: Box<[u8]>,
     epoll: Epoll,
@@ -380,10 +398,18 @@ impl Loop<'_> {
                 .as_ref()
                 .and_then(Mesh::next_deadline)
                 .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64 + 1);
-            let deadline = match (deadline, mesh_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let quorum_deadline = self
+                .quorum
+                .as_ref()
+                .and_then(Quorum::next_deadline)
+                .into_iter()
+                .chain(self.fence.deadline())
+                .min()
+                .map(|t| t.0.saturating_sub(self.now().0) + 1);
+            let deadline = [deadline, mesh_deadline, quorum_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = match (deadline, hb_tick) {
                 (None, None) => EpollTimeout::NONE,
                 (a, b) => {
@@ -427,6 +453,7 @@ impl Loop<'_> {
                 self.dlm.handle(self.now(), Input::Tick);
                 self.route();
             }
+            self.check_quorum();
             self.flush_all();
         }
     }
@@ -460,8 +487,22 @@ impl Loop<'_> {
                         continue;
                     }
                 }
-                MeshEvent::Up(n) => Input::PeerUp { node: NodeId(n) },
-                MeshEvent::Down(n) => Input::PeerDown { node: NodeId(n) },
+                MeshEvent::Up(n) => {
+                    if let Some(q) = self.quorum.as_mut() {
+                        q.connected(n);
+                    }
+                    Input::PeerUp { node: NodeId(n) }
+                }
+                MeshEvent::Down(n) => {
+                    if let Some(q) = self.quorum.as_mut() {
+                        q.disconnected(now, n);
+                    }
+                    Input::PeerDown { node: NodeId(n) }
+                }
+                MeshEvent::DeclaredDead(n) => {
+                    self.declared_dead(n);
+                    continue;
+                }
                 MeshEvent::Msg(n, msg) => Input::Peer {
                     from: NodeId(n),
                     msg,
@@ -499,6 +540,11 @@ impl Loop<'_> {
         self.mesh = Some(mesh);
         self.node = node;
         self.dlm = Dlm::new_cluster(node, config);
+        self.quorum = Some(Quorum::new(
+            node.0,
+            u64::from(net.idle_timeout_ms),
+            self.quorum_source(),
+        ));
         // The settle wait counts from now, not from the first request.
         let now = self.now();
         self.dlm.handle(now, Input::Tick);
@@ -910,6 +956,7 @@ impl Loop<'_> {
         }
         let m = self.mesh.take().expect("running");
         m.shutdown(&self.epoll);
+        self.quorum = None;
         self.node = self.opts.node;
         self.dlm = Dlm::new(self.node);
         self.reconnect_clients();
@@ -1047,6 +1094,7 @@ impl Loop<'_> {
                 node: self.node.0,
                 interval_ms: hb.interval_ms,
                 dead_threshold: hb.dead_threshold,
+                silent: self.hb_silent.clone(),
             },
             self.alive_ms.clone(),
             self.start,
@@ -1138,7 +1186,14 @@ impl Loop<'_> {
                 steady,
                 iterations,
                 problem,
+                slot_taken,
             } => {
+                if slot_taken {
+                    self.fence_reason = Some(format!(
+                        "another node writes this node's heartbeat slot on {}",
+                        e.device.display()
+                    ));
+                }
                 for ev in &events {
                     match ev {
                         liveness::Event::NodeUp { .. } | liveness::Event::NodeDown { .. } => {
@@ -1211,6 +1266,7 @@ impl Loop<'_> {
 
     /// A node is alive if it is alive on any region; tell the core of changes.
     fn update_membership(&mut self) {
+        let source = self.quorum_source();
         let now: BTreeSet<u8> = self
             .regions
             .values()
@@ -1231,6 +1287,14 @@ impl Loop<'_> {
             .copied()
             .collect();
         self.live_union = now;
+        let t = self.now();
+        if let Some(q) = self.quorum.as_mut() {
+            q.set_source(source);
+            q.heartbeating(t, &self.live_union);
+            for n in &dead {
+                q.dead(*n);
+            }
+        }
         let restarted = std::mem::take(&mut self.hb_restarted);
         for n in dead {
             // A restart the handshake already reported (the new incarnation
@@ -1272,7 +1336,14 @@ impl Loop<'_> {
                         reply: ServerReply::Dlm(reply),
                     },
                 ),
-                Action::Event { client, event } => (client, ServerMsg::Event(event)),
+                Action::Event { client, event } => {
+                    if let (Some(w), crate::dlm::Event::Lost { .. }) =
+                        (self.fence_waiting.as_mut(), &event)
+                    {
+                        w.insert(client.0);
+                    }
+                    (client, ServerMsg::Event(event))
+                }
                 Action::Send { to, msg } => {
                     if let Some(m) = self.mesh.as_mut() {
                         m.send(to.0, msg);

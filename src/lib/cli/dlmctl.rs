@@ -1178,6 +1178,7 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
             clients: usize,
             counters: Counters,
             nodes: Vec<JNode>,
+            quorum: Option<&'static str>,
         }
         print_json(&Out {
             node: s.node.0,
@@ -1216,6 +1217,7 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
                     heartbeat: n.heartbeat,
                 })
                 .collect(),
+            quorum: s.quorum.map(|q| q.as_str()),
         });
         return Ok(exit::OK);
     }
@@ -1250,6 +1252,9 @@ fn status(args: &DlmctlArgs, json: bool) -> Res {
         ("basts", k.basts.to_string()),
     ] {
         t.add_row(vec![key.to_string(), value]);
+    }
+    if let Some(q) = s.quorum {
+        t.add_row(vec!["quorum".to_string(), q.as_str().to_string()]);
     }
     if s.cluster.is_some() {
         t.add_row(vec!["local grants".to_string(), k.local_grants.to_string()]);

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use tracing::{error, info, warn};
 
 use super::mesh::{ClusterSetup, Mesh};
-use super::{Loop, PEER_LISTENER};
+use super::{Loop, PEER_LISTENER, QuorumState};
 use crate::dlm::{Input, Millis, NodeId};
 use crate::quorum::Source;
 
@@ -61,6 +61,15 @@ impl Fence {
     /// Whether client requests are refused.
     pub(super) fn is_fenced(&self) -> bool {
         !matches!(self, Fence::No)
+    }
+
+    /// For `dlmctl status`.
+    pub(super) fn state(&self) -> QuorumState {
+        match self {
+            Fence::No => QuorumState::Quorate,
+            Fence::Fencing { .. } => QuorumState::Fencing,
+            Fence::Fenced { .. } => QuorumState::Fenced,
+        }
     }
 }
 

@@ -53,7 +53,7 @@ use crate::heartbeat::{liveness, region};
 use crate::quorum::Quorum;
 use crate::proto::{
     self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, NodeStatus, PROTOCOL_VERSION,
-    ServerMsg, ServerReply, StatusInfo,
+    QuorumState, ServerMsg, ServerReply, StatusInfo,
 };
 use fence::Fence;
 use heartbeat::{HbParams, RegionThread, Report};
@@ -787,6 +787,7 @@ impl Loop<'_> {
                         autostarted: self.opts.autostarted,
                         stats: self.dlm.stats(),
                         nodes,
+                        quorum: self.quorum.as_ref().map(|_| self.fence.state()),
                     });
                     self.send(token, &ServerMsg::Reply { tag, reply });
                 }

@@ -172,6 +172,31 @@ pub struct StatusInfo {
     pub stats: Stats,
     /// In a cluster: every configured node (empty for a single node).
     pub nodes: Vec<NodeStatus>,
+    /// In a cluster: whether this node keeps its locks (None: single node).
+    pub quorum: Option<QuorumState>,
+}
+
+/// Where a node of a cluster stands with the quorum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuorumState {
+    /// It reaches a quorum of the live nodes and serves requests.
+    Quorate,
+    /// It lost quorum and is taking its locks back (waiting for clients).
+    Fencing,
+    /// It fenced itself: no locks, no heartbeat, requests refused until it
+    /// reaches a quorum again.
+    Fenced,
+}
+
+impl QuorumState {
+    /// The word `dlmctl status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumState::Quorate => "quorate",
+            QuorumState::Fencing => "fencing",
+            QuorumState::Fenced => "fenced",
+        }
+    }
 }
 
 /// A configured node of the cluster, for `dlmctl status`.
@@ -671,6 +696,12 @@ pub fn encode_server_into(m: &ServerMsg, buf: Vec<u8>) -> Vec<u8> {
                         w.bool(n.connected);
                         w.bool(n.heartbeat);
                     }
+                    w.u8(match s.quorum {
+                        None => 0,
+                        Some(QuorumState::Quorate) => 1,
+                        Some(QuorumState::Fencing) => 2,
+                        Some(QuorumState::Fenced) => 3,
+                    });
                 }
                 ServerReply::Domains(ds) => {
                     w.u8(6);
@@ -1177,6 +1208,18 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, DecodeErr
                             })
                             .collect::<Result<_, DecodeError>>()?
                     },
+                    quorum: match r.u8()? {
+                        0 => None,
+                        1 => Some(QuorumState::Quorate),
+                        2 => Some(QuorumState::Fencing),
+                        3 => Some(QuorumState::Fenced),
+                        v => {
+                            return Err(DecodeError::Unknown {
+                                what: "quorum state",
+                                value: v,
+                            });
+                        }
+                    },
                 }),
                 6 => {
                     let n = r.count(33)?;
@@ -1500,6 +1543,7 @@ mod tests {
                     connected: true,
                     heartbeat: false,
                 }],
+                quorum: Some(QuorumState::Fencing),
             }),
             ServerReply::Domains(vec![DomainInfo {
                 name: b"d".to_vec(),

@@ -1170,3 +1170,83 @@ fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
     let st = c.status(1);
     assert_eq!(st["nodes"][0]["connected"], true, "{st}");
 }
+
+/// Another writer in a node's heartbeat slot makes that node fence itself:
+/// the command run under its lock is stopped (dlmctl exits 4), a waiter on
+/// the other node gets the lock only after that, the fenced node refuses
+/// requests meanwhile, and it serves again, as a new incarnation, once the
+/// other writer is gone.
+#[test]
+fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
+    let _s = serial();
+    let c = Cluster::configure(2, Heartbeat::Global);
+    std::fs::write(
+        &c.settings,
+        "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 3\n\
+         [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
+         reconnect_delay_ms = 200\nfence_grace_ms = 3000\n",
+    )
+    .unwrap();
+    let c = Cluster::launch(c, Heartbeat::Global);
+    c.join_all("fence");
+    let mut holder = c.spawn(1, &["lock", "--ex", "fence", "r", "--", "sleep", "600"]);
+    wait_for("node 2 holds the lock", WAIT_S, || {
+        !c.local(1, "fence", "r", "granted").is_empty()
+    });
+    let mut waiter = c.spawn(0, &["lock", "--ex", "fence", "r", "--", "true"]);
+    wait_for("node 1's request waits", WAIT_S, || {
+        !c.local(0, "fence", "r", "waiting").is_empty()
+    });
+    // A foreign writer takes node 2's slot for a few intervals.
+    let image = c.dir.path().join("heartbeat.img");
+    let r = o2tools::heartbeat::region::locate(&image).unwrap();
+    let mut io = o2tools::heartbeat::device::RegionIo::open(&image, &r, true).unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let block = o2tools::heartbeat::format::HbBlock {
+            seq: 1000 + t.elapsed().as_millis() as u64,
+            node: 7,
+            generation: 0xdead_beef,
+            dead_ms: 3000,
+        };
+        io.write_slot(2, &block).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(io);
+    // Both end; the waiter not before the holder's command was stopped.
+    let (mut holder_end, mut waiter_end) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(CMD_S);
+    while holder_end.is_none() || waiter_end.is_none() {
+        assert!(Instant::now() < deadline, "holder or waiter still running");
+        for (bg, end) in [
+            (&mut holder, &mut holder_end),
+            (&mut waiter, &mut waiter_end),
+        ] {
+            if end.is_none() {
+                if let Some(st) = bg.child.try_wait().unwrap() {
+                    *end = Some((Instant::now(), code_of(st)));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (held_until, code) = holder_end.unwrap();
+    assert_eq!(code, 4, "node 2's lock was lost");
+    let (granted_at, code) = waiter_end.unwrap();
+    assert_eq!(code, 0, "node 1 got the lock");
+    assert!(
+        granted_at >= held_until,
+        "node 1 got the lock before node 2's command was stopped"
+    );
+    let log = c.log(1);
+    assert!(
+        log.contains("fencing this node") && log.contains("heartbeat slot"),
+        "node 2's log names the fence and why:\n{log}"
+    );
+    // Node 2 comes back: quorate, and it locks again.
+    wait_for("node 2 serves again", WAIT_S * 2, || {
+        c.status(1)["quorum"] == "quorate"
+            && c.run(1, &["lock", "-n", "fence", "again", "--", "true"]).0 == 0
+    });
+    assert_eq!(c.status(0)["quorum"], "quorate");
+}

@@ -15,10 +15,10 @@
 //!
 //! A voter that is not connected still counts as reachable for a while (a
 //! closed connection is a reason to check, not a proof of anything): with a
-//! disk heartbeat for `idle_timeout + hold` after its connection went (the
-//! hold is the heartbeat dead time plus two intervals, as o2net's quorum
-//! delay, so a node that crashed is declared dead by its heartbeat before
-//! it is ever counted as cut off); without one for `idle_timeout`, and a
+//! disk heartbeat for the hold after its connection went (the heartbeat
+//! dead time plus two intervals, as o2net's quorum delay, so a node that
+//! crashed is declared dead by its heartbeat before it is ever counted as
+//! cut off); without one for `idle_timeout`, and a
 //! voter cut off for `idle_timeout + fence_margin` is dead: by then a node
 //! on the losing side has fenced itself (see [`Quorum::check`]).
 //!
@@ -57,8 +57,7 @@ pub fn quorate(me: u8, voters: &BTreeSet<u8>, reachable: &BTreeSet<u8>) -> bool 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     /// A shared disk heartbeat: the voters are the nodes alive on it. A
-    /// voter whose connection is gone counts as reachable for
-    /// `idle_timeout + hold_ms`.
+    /// voter whose connection is gone counts as reachable for `hold_ms`.
     Disk {
         /// The heartbeat dead time plus two intervals.
         hold_ms: u64,
@@ -205,7 +204,7 @@ impl Quorum {
 
     fn reach_ms(&self) -> u64 {
         match self.source {
-            Source::Disk { hold_ms } => self.idle_ms + hold_ms,
+            Source::Disk { hold_ms } => hold_ms,
             Source::Lease { .. } => self.idle_ms,
         }
     }
@@ -336,9 +335,9 @@ mod tests {
         assert!(q.check(Millis(10)).quorate);
         q.disconnected(Millis(100), 1);
         // Reconnecting in time is nothing.
-        assert!(q.check(Millis(100 + 5999)).quorate);
-        assert_eq!(q.next_deadline(), Some(Millis(6100)));
-        let v = q.check(Millis(6100));
+        assert!(q.check(Millis(100 + 4999)).quorate);
+        assert_eq!(q.next_deadline(), Some(Millis(5100)));
+        let v = q.check(Millis(5100));
         assert!(!v.quorate, "node 2 alone without the lowest node");
         assert!(v.dead.is_empty(), "the heartbeat says who is dead");
         // The heartbeat declares node 1 dead: node 2 is alone and fine.
@@ -351,8 +350,8 @@ mod tests {
         let mut q = Quorum::new(1, 1000, Source::Disk { hold_ms: 3000 });
         q.heartbeating(Millis(0), &set(&[1]));
         q.heartbeating(Millis(500), &set(&[1, 2, 3]));
-        assert!(q.check(Millis(4499)).quorate);
-        assert!(!q.check(Millis(4500)).quorate);
+        assert!(q.check(Millis(3499)).quorate);
+        assert!(!q.check(Millis(3500)).quorate);
         q.connected(3);
         assert!(q.check(Millis(4600)).quorate);
     }

@@ -186,7 +186,8 @@ impl Loop<'_> {
             );
             self.close(t);
         }
-        self.hb_silent.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.hb_silent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // The others see the heartbeat stop within an interval; the new
         // incarnation connects after that, so that the death they see is
         // the old one's.

@@ -299,7 +299,8 @@ fn run(
                 matches!(
                     e,
                     liveness::Event::OwnSlotMismatch {
-                        kind: liveness::MismatchKind::OtherNode | liveness::MismatchKind::Generation,
+                        kind: liveness::MismatchKind::OtherNode
+                            | liveness::MismatchKind::Generation,
                         ..
                     }
                 )

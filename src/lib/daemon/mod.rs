@@ -50,11 +50,11 @@ use crate::client::SocketPath;
 use crate::config::Settings;
 use crate::dlm::{Action, ClientId, ClusterConfig, Cred, Dlm, Input, Millis, NodeId};
 use crate::heartbeat::{liveness, region};
-use crate::quorum::Quorum;
 use crate::proto::{
     self, ClientMsg, ClientRequest, HbRegionInfo, HbTarget, NodeStatus, PROTOCOL_VERSION,
     QuorumState, ServerMsg, ServerReply, StatusInfo,
 };
+use crate::quorum::Quorum;
 use fence::Fence;
 use heartbeat::{HbParams, RegionThread, Report};
 use mesh::{ClusterSetup, Mesh, MeshEvent};

@@ -10,7 +10,9 @@
 //!    each client ([`Input::Fence`]); requests are refused from now on;
 //! 2. it waits for the clients that held locks to let go (disconnect), at
 //!    most `network.fence_grace_ms` (`dlmctl lock` kills its command before
-//!    that); clients still there then are disconnected;
+//!    that); clients still connected then (a dlmfs mount, a program using
+//!    the library) were told, and stay connected: their requests are
+//!    refused until the node is back;
 //! 3. only then it stops heartbeating (the clean-stop block: the others
 //!    recover its locks at once) and, two heartbeat intervals later, listens
 //!    and connects again as a new incarnation;
@@ -182,9 +184,8 @@ impl Loop<'_> {
         for t in stubborn {
             warn!(
                 client = t,
-                "client still connected at the end of the fence grace; disconnecting it"
+                "client told its locks are lost is still connected at the end of the fence grace"
             );
-            self.close(t);
         }
         self.hb_silent
             .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -1250,3 +1250,74 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
     });
     assert_eq!(c.status(0)["quorum"], "quorate");
 }
+
+/// Without a disk heartbeat: a lockd that stops answering (SIGSTOP, as a
+/// paused VM) is declared dead by the others once its lease runs out (the
+/// idle timeout, twice, plus the fence margin), not before, and a waiter
+/// gets its lock; resumed, the old incarnation is refused as declared dead,
+/// fences itself (its persistent lock is gone), and comes back as a new
+/// incarnation that locks again.
+#[test]
+fn without_a_heartbeat_a_silent_node_is_declared_dead_after_its_lease_and_fences_on_return() {
+    let _s = serial();
+    let c = Cluster::configure(3, Heartbeat::Local);
+    let (idle, keepalive, grace) = (2000u64, 500u64, 1000u64);
+    std::fs::write(
+        &c.settings,
+        format!(
+            "[network]\nidle_timeout_ms = {idle}\nkeepalive_delay_ms = {keepalive}\n\
+             reconnect_delay_ms = 200\nfence_grace_ms = {grace}\n"
+        ),
+    )
+    .unwrap();
+    let mut c = Cluster::launch(c, Heartbeat::Local);
+    c.join_all("lease");
+    // A persistent lock on node 3, on a resource node 3 does not master.
+    let r = c.resource_mastered("p", |m| m == 1);
+    c.ok(2, &["lock", "--ex", "lease", &r]);
+    let mut waiter = c.spawn(0, &["lock", "--ex", "lease", &r, "--", "true"]);
+    wait_for("node 1's request waits", WAIT_S, || {
+        !c.local(0, "lease", &r, "waiting").is_empty()
+    });
+    let pid = Pid::from_raw(c.nodes[2].child.as_ref().unwrap().id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let t0 = Instant::now();
+    let code = waiter.wait(CMD_S);
+    let took = t0.elapsed();
+    assert_eq!(code, 0, "node 1 got the lock");
+    // The connection drops after `idle` of silence, the lease runs out
+    // `idle` + margin later; the last thing heard may be a keepalive ago.
+    let margin = grace + keepalive + 2000;
+    let least = Duration::from_millis(idle + idle + margin - keepalive);
+    assert!(
+        took >= least,
+        "node 1 got the lock {took:?} after node 3 stopped, before its lease ran out ({least:?})"
+    );
+    wait_for(
+        "nodes 1 and 2 log that node 3 was declared dead",
+        WAIT_S,
+        || c.log(0).contains("declared dead") && c.log(1).contains("declared dead"),
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    wait_for("node 3 fences itself", WAIT_S, || {
+        c.log(2).contains("fencing this node")
+    });
+    wait_for(
+        "node 3 serves again as a new incarnation",
+        WAIT_S * 2,
+        || {
+            c.status(2)["quorum"] == "quorate"
+                && c.run(2, &["lock", "-n", "lease", "back", "--", "true"]).0 == 0
+        },
+    );
+    // Its persistent lock went with the old incarnation.
+    assert!(
+        c.local(2, "lease", &r, "granted").is_empty(),
+        "node 3 still lists its old lock"
+    );
+    let log = c.log(2);
+    assert!(
+        log.contains("declared this node dead") || log.contains("lost quorum"),
+        "node 3's log says why it fenced:\n{log}"
+    );
+}

@@ -1270,7 +1270,7 @@ fn without_a_heartbeat_a_silent_node_is_declared_dead_after_its_lease_and_fences
         ),
     )
     .unwrap();
-    let mut c = Cluster::launch(c, Heartbeat::Local);
+    let c = Cluster::launch(c, Heartbeat::Local);
     c.join_all("lease");
     // A persistent lock on node 3, on a resource node 3 does not master.
     let r = c.resource_mastered("p", |m| m == 1);

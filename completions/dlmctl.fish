@@ -40,7 +40,7 @@ complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "help" -d 'Print this 
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l mode -d 'Any mode: NL, CR, CW, PR, PW or EX' -r
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s w -l timeout -d 'Give up after SECS seconds (fractions allowed; 0 means --try)' -r
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s E -l conflict-exit-code -d 'Exit status when busy or timed out' -r
-complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l kill-after -d 'If the lock is lost, SIGKILL COMMAND this long after SIGTERM' -r
+complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l kill-after -d 'If the lock is lost, SIGKILL COMMAND this long after SIGTERM (at most lockd\'s fence grace less one second when the node fenced itself)' -r
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l id -d 'Convert persistent lock N to the mode instead of taking a new lock' -r
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l socket -d 'lockd\'s socket [default: $LOCKD_SOCKET, /run/o2tools/lockd.sock, or a private one]' -r -F
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s x -l ex -d 'Exclusive mode (the default)'

@@ -2,14 +2,45 @@
 //! a lossy network, with the lock invariants checked after every step (see
 //! `o2tools::sim`).
 //!
-//! `O2TOOLS_SIM_SEEDS=N` runs N seeds (default 2000); `O2TOOLS_SIM_SEED=S`
-//! replays one seed; `O2TOOLS_SIM_STEPS` changes the steps per seed.
+//! `O2TOOLS_SIM_SEEDS=N` runs N seeds (default 5000) from
+//! `O2TOOLS_SIM_FIRST` (default 0); `O2TOOLS_SIM_SEED=S` replays one seed;
+//! `O2TOOLS_SIM_STEPS` changes the steps per seed.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// What the seeds did, summed.
+#[derive(Default)]
+struct Totals {
+    messages: u64,
+    grants: u64,
+    breaks: u64,
+    joins: u64,
+    crashes: u64,
+    crash_seeds: u64,
+    partitions: u64,
+    partition_seeds: u64,
+    fences: u64,
+    fence_seeds: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &o2tools::sim::Outcome) {
+        self.messages += o.messages;
+        self.grants += o.grants;
+        self.breaks += o.breaks;
+        self.joins += o.joins;
+        self.crashes += o.crashes;
+        self.crash_seeds += u64::from(o.crashes > 0);
+        self.partitions += o.partitions;
+        self.partition_seeds += u64::from(o.partitions > 0);
+        self.fences += o.fences;
+        self.fence_seeds += u64::from(o.fences > 0);
+    }
 }
 
 #[test]
@@ -22,10 +53,11 @@ fn simulated_clusters_keep_the_lock_invariants() {
         }
         return;
     }
-    let seeds = env_u64("O2TOOLS_SIM_SEEDS").unwrap_or(2000);
-    let next = AtomicU64::new(0);
+    let seeds = env_u64("O2TOOLS_SIM_SEEDS").unwrap_or(5000);
+    let first = env_u64("O2TOOLS_SIM_FIRST").unwrap_or(0);
+    let next = AtomicU64::new(first);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64));
+    let totals = Mutex::new(Totals::default());
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(4);
@@ -34,17 +66,11 @@ fn simulated_clusters_keep_the_lock_invariants() {
             s.spawn(|| {
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= seeds {
+                    if seed >= first + seeds {
                         break;
                     }
                     match o2tools::sim::run_seed(seed, steps) {
-                        Ok(o) => {
-                            let mut t = totals.lock().unwrap();
-                            t.0 += o.messages;
-                            t.1 += o.grants;
-                            t.2 += o.breaks;
-                            t.3 += o.joins;
-                        }
+                        Ok(o) => totals.lock().unwrap().add(&o),
                         Err(f) => {
                             let mut v = failures.lock().unwrap();
                             if v.len() < 3 {
@@ -64,8 +90,19 @@ fn simulated_clusters_keep_the_lock_invariants() {
     });
     let t = totals.into_inner().unwrap();
     eprintln!(
-        "{seeds} seeds x {steps} steps: {} messages, {} grants, {} broken connections, {} membership epochs",
-        t.0, t.1, t.2, t.3
+        "{seeds} seeds from {first} x {steps} steps: {} messages, {} grants, {} broken connections, \
+         {} membership epochs; {} crashes on {} seeds; {} partitions on {} seeds, \
+         {} fences on {} seeds",
+        t.messages,
+        t.grants,
+        t.breaks,
+        t.joins,
+        t.crashes,
+        t.crash_seeds,
+        t.partitions,
+        t.partition_seeds,
+        t.fences,
+        t.fence_seeds
     );
     let failures = failures.into_inner().unwrap();
     assert!(
@@ -97,12 +134,63 @@ fn a_seed_replays_exactly() {
 }
 
 /// Seeds that once found a bug (each fixed since): run every time, whatever
-/// `O2TOOLS_SIM_SEEDS` says.
+/// `O2TOOLS_SIM_SEEDS` says. Those found before the simulation partitioned
+/// the network also run as they did then (without partitions: the chance of
+/// one is drawn at every client step, so it changes the whole run).
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {
     for seed in [
         38, 80, 109, 142, 735, 786, 1046, 1140, 1204, 2948, 5157, 12451,
     ] {
+        let mut cfg = o2tools::sim::Config::for_seed(seed, 1500);
+        if cfg.partition_per_mille > 0 {
+            cfg.partition_per_mille = 0;
+            if let Err(f) = o2tools::sim::Sim::new(seed, cfg).run() {
+                panic!("{f}");
+            }
+        }
+        if let Err(f) = o2tools::sim::run_seed(seed, 1500) {
+            panic!("{f}");
+        }
+    }
+}
+
+/// Seeds that take partitions down paths worth keeping: 70, six nodes
+/// split 3|3, the side with node 1 keeps its locks, and a forced leave
+/// waiting on the other side is refused as fenced; 83, six nodes split 3|3
+/// and node 1 crashes meanwhile: deaths keep changing the voters and every
+/// node ends up fenced; 98, seven nodes in three sides: nodes 1 and 7 keep
+/// their locks until they learn that node 5, on their side, fenced, and then
+/// fence too; 444, three nodes in three sides, and node 1 keeps its locks
+/// because node 3 fenced (and stopped heartbeating) before it decided.
+#[test]
+fn partition_seeds() {
+    for seed in [70, 83, 98, 444] {
+        match o2tools::sim::run_seed(seed, 1500) {
+            Ok(o) => assert!(o.partitions > 0 && o.fences > 0, "seed {seed}: {o:?}"),
+            Err(f) => panic!("{f}"),
+        }
+    }
+}
+
+/// Seeds that find bugs the core still has: run with
+/// `cargo test --release --test sim -- --ignored`, and move them to
+/// `seeds_that_found_bugs_stay_fixed` once fixed.
+/// - 19918 (crashes only), 29050 and 29122 (a partition): a dead node that
+///   held PW or EX is not counted as a lost writer, and its value block
+///   reads valid. The master that granted it handed the resource over in a
+///   change that completed there (forgetting who could write) but not on
+///   the new master, which never got the dead node's report; the change
+///   that names the dead node lost then flags nothing.
+/// - 22567 (liveness): a node that restarted joins a domain where a stale
+///   view lists another node's old incarnation; that node's answer shows a
+///   new incarnation, so the joiner marks it dead, while the same node is
+///   a reporter in the joiner's own change of another domain: that change
+///   waits for ever.
+#[test]
+#[ignore = "open core bugs: a lost writer forgotten across an overtaken change; a join marks a live node dead"]
+fn seeds_of_open_bugs() {
+    for seed in [19918, 29050, 29122, 22567] {
         if let Err(f) = o2tools::sim::run_seed(seed, 1500) {
             panic!("{f}");
         }

@@ -7,37 +7,66 @@
 //! value blocks, join and leave domains and disconnect. Nodes crash (their
 //! state is gone, their connections break); each survivor is told the node
 //! is dead a little later (as disk heartbeat would), and once all have been
-//! told the node restarts with a fresh core. Everything random
-//! comes from one seeded generator and time is virtual, so a seed replays
-//! exactly.
+//! told the node restarts with a fresh core.
+//!
+//! The network also splits: a partition puts the running nodes on two (or
+//! three) random sides; connections between sides break and stay broken
+//! until it heals, while the disk heartbeat still shows every node to every
+//! other (no death notice). A few hundred milliseconds later (the hold:
+//! the heartbeat dead time and two intervals; per node) each node applies
+//! the o2quo rule ([`quorate`]) with its heartbeat's live nodes as the
+//! voters and those on its own side as reachable, and again whenever it is
+//! told of a death while the partition lasts. A node that is not quorate
+//! fences itself ([`Input::Fence`]: its clients lose every lock, requests
+//! are refused) and only then stops heartbeating: from there on it is dead
+//! to the others exactly like a crashed node (links broken, a death notice
+//! to each running node, restart once all are told and the partition has
+//! healed). It comes back either restarted with a fresh core or, as lockd
+//! does, as the same core: connected again at once as a new incarnation,
+//! still fenced, then heartbeating again and unfenced ([`Input::Unfence`])
+//! a little later. A quorate node carries on; what it asks of the other
+//! side waits for the recovery the death notices start. The partition
+//! heals once no quorum check is due (every node that lost quorum has
+//! fenced). Everything random comes from one seeded generator and time is
+//! virtual, so a seed replays exactly.
 //!
 //! After every step it checks:
 //! - no two clients anywhere hold incompatible modes on one resource, and no
-//!   two nodes believe they hold incompatible node locks on it;
+//!   two nodes believe they hold incompatible node locks on it (a node on
+//!   the losing side counts until it has fenced);
 //! - every local holder's mode is covered by its node's node lock;
+//! - a fenced node (until it restarts) holds no node lock, asks for none,
+//!   is in no domain, and its clients hold and wait for nothing;
 //! - a value block read under PR or above is the last one written (reads
-//!   under CR or CW see some value written before); after a crash, until
-//!   the next write, it may instead be flagged invalid, or be back to
-//!   never written (no survivor knew it); if the dead node held PW or EX it
-//!   must not be read as valid with a value;
-//! - every request is answered immediately, except joins and forced leaves,
-//!   which are answered once the membership change is done.
+//!   under CR or CW see some value written before); after a crash or a
+//!   fence, until the next write, it may instead be flagged invalid, or be
+//!   back to never written (no survivor knew it); if the dead or fenced
+//!   node held PW or EX it must not be read as valid with a value;
+//! - every request is answered exactly once and immediately, except joins
+//!   and forced leaves, which are answered once the membership change is
+//!   done (a fence answers them with [`DlmError::Fenced`]); only a fenced
+//!   node refuses with that error or takes a lock back as fenced.
 //!
-//! At the end, the network heals, crashed nodes restart, clients stop asking
+//! At each fence it also checks that, with the fencing node's voters, at
+//! most one side of the partition is quorate, and that its own is not.
+//!
+//! At the end, the partition heals (quorum checks still due run first), the
+//! network heals, crashed and fenced nodes restart, clients stop asking
 //! and release what they hold; every pending request must then be answered
 //! and every lock request end, within a bound of virtual time, and every
 //! master's record of the nodes' node locks must match what each node holds
 //! (no lock of a dead node survives recovery).
 //!
-//! May depend on: `dlm`, std.
+//! May depend on: `dlm`, `quorum`, std.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use crate::dlm::{
-    Action, ClientId, ClusterConfig, Cred, Dlm, Event, Input, LVB_LEN, LockFlags, LockId,
-    LockRequest, Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request,
+    Action, ClientId, ClusterConfig, Cred, Dlm, DlmError, Event, Input, LVB_LEN, LockFlags, LockId,
+    LockRequest, LostReason, Lvb, Millis, Mode, NodeId, PeerMsg, Reply, Request,
 };
+use crate::quorum::quorate;
 
 /// A start time that never comes (a crashed node waiting to restart).
 const NEVER: Millis = Millis(u64::MAX);
@@ -93,6 +122,9 @@ pub struct Config {
     pub staggered: bool,
     /// Per client step, chance in 1000 that a node crashes.
     pub crash_per_mille: u64,
+    /// Per client step, chance in 1000 that the network splits (when it is
+    /// whole, every node runs and none is dead).
+    pub partition_per_mille: u64,
 }
 
 impl Config {
@@ -110,6 +142,7 @@ impl Config {
             churn: r.chance(500),
             staggered: r.chance(300),
             crash_per_mille: [0, 0, 2, 6][r.below(4) as usize],
+            partition_per_mille: [0, 0, 1, 3][r.below(4) as usize],
         }
     }
 }
@@ -129,6 +162,10 @@ pub struct Outcome {
     pub joins: u64,
     /// Nodes crashed.
     pub crashes: u64,
+    /// Network partitions.
+    pub partitions: u64,
+    /// Nodes fenced (lost quorum in a partition).
+    pub fences: u64,
     /// Virtual time at the end, in milliseconds.
     pub virtual_ms: u64,
 }
@@ -200,6 +237,19 @@ struct Link {
     last: Millis,
 }
 
+/// A network partition in progress.
+#[derive(Debug)]
+struct Partition {
+    /// The side of each node.
+    side: Vec<usize>,
+    /// How many sides.
+    sides: usize,
+    /// It heals then at the earliest (and once no quorum check is due).
+    heal_at: Millis,
+    /// Quorum checks due: (when, node).
+    checks: BTreeSet<(Millis, usize)>,
+}
+
 /// A node's lock on a resource: (node index, domain, resource).
 type NodeKey = (usize, Vec<u8>, Vec<u8>);
 /// Mode held and mode asked for.
@@ -243,6 +293,14 @@ pub struct Sim {
     /// value (the dead node held PW or EX).
     lvb_may_invalid: BTreeSet<(usize, usize)>,
     lvb_must_invalid: BTreeSet<(usize, usize)>,
+    /// The partition in progress.
+    partition: Option<Partition>,
+    /// Nodes that fenced themselves and are not back yet (also in `down`:
+    /// dead to the others). Their fenced core still takes client requests,
+    /// to refuse them, and, once connected again, peer messages.
+    fenced: BTreeSet<usize>,
+    /// Fenced nodes connected again, and when they unfence.
+    unfence_at: BTreeMap<usize, Millis>,
 }
 
 /// Events kept for a failure report (`O2TOOLS_SIM_TRACE` changes it).
@@ -357,6 +415,9 @@ impl Sim {
             notices: BTreeSet::new(),
             lvb_may_invalid: BTreeSet::new(),
             lvb_must_invalid: BTreeSet::new(),
+            partition: None,
+            fenced: BTreeSet::new(),
+            unfence_at: BTreeMap::new(),
         }
     }
 
@@ -456,6 +517,19 @@ impl Sim {
         self.log(format!("n{} c{} reply {asked:?} -> {reply:?}", n + 1, id.0));
         let _ = step;
         match (asked, reply) {
+            (asked, Reply::Err(DlmError::Fenced)) => {
+                if !self.dlms[n].is_fenced() {
+                    return Err(self.fail(format!(
+                        "node {} client {}: {asked:?} refused as fenced by a node that is not",
+                        n + 1,
+                        id.0
+                    )));
+                }
+                // A fenced node is in no domain.
+                if let Asked::Join { d } = asked {
+                    self.client_mut(n, id).joined.remove(&d);
+                }
+            }
             (Asked::Lock { d, r, mode }, Reply::LockAccepted { lock }) => {
                 self.client_mut(n, id).locks.insert(
                     lock,
@@ -503,11 +577,11 @@ impl Sim {
                 let may_invalid = if strong {
                     self.lvb_may_invalid.contains(&key)
                 } else {
-                    self.out.crashes > 0
+                    self.out.crashes + self.out.fences > 0
                 };
                 if !valid && !may_invalid {
                     return Err(self.fail(format!(
-                        "node {} client {} read d{}/r{} as invalid with no crash since its last write",
+                        "node {} client {} read d{}/r{} as invalid with no crash or fence since its last write",
                         n + 1,
                         id.0,
                         l.d,
@@ -597,7 +671,14 @@ impl Sim {
                     }
                 }
             }
-            Event::Lost { lock, .. } => {
+            Event::Lost { lock, reason } => {
+                if reason == LostReason::Fenced && !self.dlms[n].is_fenced() {
+                    return Err(self.fail(format!(
+                        "node {} client {}: lock {lock} lost as fenced by a node that is not",
+                        n + 1,
+                        id.0
+                    )));
+                }
                 self.client_mut(n, id).locks.remove(&lock);
             }
             Event::Waiting { .. } | Event::Bast { .. } => {}
@@ -784,7 +865,81 @@ impl Sim {
         Ok(())
     }
 
+    /// A fenced node holds nothing until it restarts: no node lock held or
+    /// asked for, no domain, and its clients hold and wait for nothing.
+    fn check_fenced(&self) -> Result<(), SimFailure> {
+        for &n in &self.fenced {
+            if !self.dlms[n].is_fenced() {
+                return Err(self.fail(format!("node {} fenced but serving", n + 1)));
+            }
+            let mut held = Vec::new();
+            self.dlms[n].for_each_node_lock(|d, r, m, p| {
+                if m.is_some() || p.is_some() {
+                    held.push(format!(
+                        "{}/{} (held, asked) {:?}",
+                        String::from_utf8_lossy(d),
+                        String::from_utf8_lossy(r),
+                        (m, p)
+                    ));
+                }
+            });
+            if !held.is_empty() {
+                return Err(self.fail(format!(
+                    "node {} is fenced but has node locks: {}",
+                    n + 1,
+                    held.join(", ")
+                )));
+            }
+            let domains = self.dlms[n].domains();
+            if !domains.is_empty() {
+                let names: Vec<String> = domains
+                    .iter()
+                    .map(|i| String::from_utf8_lossy(&i.name).into_owned())
+                    .collect();
+                return Err(self.fail(format!("node {} is fenced but in domains {names:?}", n + 1)));
+            }
+            for c in &self.clients[n] {
+                if let Some((id, l)) = c.locks.iter().next() {
+                    return Err(self.fail(format!(
+                        "node {} is fenced but its client {} holds lock {id}: {l:?}",
+                        n + 1,
+                        c.id.0
+                    )));
+                }
+                if let Some((tag, (a, _))) = c.asked.iter().next() {
+                    return Err(self.fail(format!(
+                        "node {} is fenced but its client {} waits for {tag} {a:?}",
+                        n + 1,
+                        c.id.0
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn start_node(&mut self, n: usize) -> Result<(), SimFailure> {
+        // A fenced node comes back either restarted (a fresh core, as after
+        // a crash) or as lockd does: the same core, clients still connected,
+        // connects again at once as a new incarnation, still fenced and not
+        // heartbeating, and heartbeats again and serves requests a little
+        // later (`come_back`).
+        if self.fenced.contains(&n) {
+            if self.rng.chance(500) {
+                self.started[n] = true;
+                self.log(format!("node {} connects again, still fenced", n + 1));
+                for m in 0..self.cfg.nodes {
+                    if m != n && self.started[m] {
+                        self.connect(n, m)?;
+                    }
+                }
+                let at = self.now.after(10 + self.rng.below(200));
+                self.unfence_at.insert(n, at);
+                return Ok(());
+            }
+            self.fenced.remove(&n);
+            self.replace_core(n);
+        }
         self.started[n] = true;
         let restart = self.down.remove(&n);
         self.log(format!(
@@ -819,7 +974,48 @@ impl Sim {
         Ok(())
     }
 
+    /// A fenced node that connected again heartbeats again (its view from
+    /// before the fence is stale: the nodes dead now are dead) and serves
+    /// requests.
+    fn come_back(&mut self, n: usize) -> Result<(), SimFailure> {
+        self.unfence_at.remove(&n);
+        self.fenced.remove(&n);
+        self.down.remove(&n);
+        self.log(format!("node {} heartbeats again and unfences", n + 1));
+        for m in 0..self.cfg.nodes {
+            let node = NodeId(m as u8 + 1);
+            if self.down.contains(&m) {
+                self.input(n, Input::NodeDown { node })?;
+            } else {
+                self.input(n, Input::NodeUp { node })?;
+            }
+            if m != n && self.started[m] {
+                self.input(
+                    m,
+                    Input::NodeUp {
+                        node: NodeId(n as u8 + 1),
+                    },
+                )?;
+            }
+        }
+        self.input(n, Input::Unfence)
+    }
+
+    /// Whether `a` and `b` are on different sides of the partition.
+    fn split(&self, a: usize, b: usize) -> bool {
+        self.partition
+            .as_ref()
+            .is_some_and(|p| p.side[a] != p.side[b])
+    }
+
     fn connect(&mut self, a: usize, b: usize) -> Result<(), SimFailure> {
+        if self.split(a, b) {
+            return Err(self.fail(format!(
+                "connecting {} and {} across the partition",
+                a + 1,
+                b + 1
+            )));
+        }
         let key = (a.min(b), a.max(b));
         self.up.insert(key);
         self.reconnect.remove(&key);
@@ -870,6 +1066,71 @@ impl Sim {
     fn crash(&mut self, n: usize) -> Result<(), SimFailure> {
         self.out.crashes += 1;
         self.log(format!("node {} crashes", n + 1));
+        self.locks_lost(n);
+        self.replace_core(n);
+        self.stop_heartbeating(n)
+    }
+
+    /// Node `n` lost quorum: it fences itself (its clients are told every
+    /// lock is gone, and it refuses requests), and only then stops
+    /// heartbeating, so the others recover its locks only once it holds
+    /// none.
+    fn fence(&mut self, n: usize) -> Result<(), SimFailure> {
+        self.out.fences += 1;
+        self.log(format!("node {} lost quorum: fences", n + 1));
+        // With this node's voters, at most one side keeps its locks, and
+        // not this node's.
+        let (voters, _) = self.quorum_view(n);
+        if let Some(p) = &self.partition {
+            let quorate_sides: Vec<usize> = (0..p.sides)
+                .filter(|&s| {
+                    let reach: BTreeSet<u8> = voters
+                        .iter()
+                        .copied()
+                        .filter(|&x| p.side[x as usize - 1] == s)
+                        .collect();
+                    reach.first().is_some_and(|&m| quorate(m, &voters, &reach))
+                })
+                .collect();
+            if quorate_sides.len() > 1 || quorate_sides.contains(&p.side[n]) {
+                return Err(self.fail(format!(
+                    "node {} fences with voters {voters:?}, sides {:?}: sides {quorate_sides:?} are quorate",
+                    n + 1,
+                    p.side
+                )));
+            }
+        }
+        self.locks_lost(n);
+        self.input(n, Input::Fence)?;
+        for c in &mut self.clients[n] {
+            c.joined.clear();
+        }
+        self.fenced.insert(n);
+        if let Some(p) = &mut self.partition {
+            p.checks.retain(|&(_, m)| m != n);
+        }
+        // What it was still to be told of, it is not: a node waiting only
+        // for that notice may restart. (A crash leaves such a node down
+        // until the drain, as it always has: old seeds replay the same.)
+        let waited: BTreeSet<usize> = self
+            .notices
+            .iter()
+            .filter(|&&(_, s, _)| s == n)
+            .map(|&(_, _, x)| x)
+            .collect();
+        self.stop_heartbeating(n)?;
+        for x in waited {
+            if self.start_at[x] == NEVER {
+                self.schedule_restart(x);
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `n` is about to lose its locks without releasing them (a crash
+    /// or a fence): the value blocks it could write may be lost, and every
+    /// value block may now read invalid or never written.
+    fn locks_lost(&mut self, n: usize) {
         let index = |s: &[u8], p: char| -> Option<usize> {
             std::str::from_utf8(s).ok()?.strip_prefix(p)?.parse().ok()
         };
@@ -890,6 +1151,31 @@ impl Sim {
                 self.lvb_may_invalid.insert((d, r));
             }
         }
+    }
+
+    /// Node `n` gets a fresh core (a new incarnation) and its clients start
+    /// over.
+    fn replace_core(&mut self, n: usize) {
+        let nodes: Vec<NodeId> = (0..self.cfg.nodes).map(|i| NodeId(i as u8 + 1)).collect();
+        self.dlms[n] = Dlm::new_cluster(
+            NodeId(n as u8 + 1),
+            ClusterConfig {
+                nodes,
+                settle_ms: 50,
+            },
+        );
+        for c in &mut self.clients[n] {
+            c.connected = false;
+            c.locks.clear();
+            c.asked.clear();
+            c.joined.clear();
+        }
+    }
+
+    /// Node `n` (crashed or fenced) stops heartbeating: its links break and
+    /// lose what is in flight, every running node is told it is dead at its
+    /// own time, and once all are told it restarts.
+    fn stop_heartbeating(&mut self, n: usize) -> Result<(), SimFailure> {
         for m in 0..self.cfg.nodes {
             if m == n {
                 continue;
@@ -913,20 +1199,6 @@ impl Sim {
         self.started[n] = false;
         self.down.insert(n);
         self.start_at[n] = NEVER;
-        let nodes: Vec<NodeId> = (0..self.cfg.nodes).map(|i| NodeId(i as u8 + 1)).collect();
-        self.dlms[n] = Dlm::new_cluster(
-            NodeId(n as u8 + 1),
-            ClusterConfig {
-                nodes,
-                settle_ms: 50,
-            },
-        );
-        for c in &mut self.clients[n] {
-            c.connected = false;
-            c.locks.clear();
-            c.asked.clear();
-            c.joined.clear();
-        }
         self.notices.retain(|&(_, s, _)| s != n);
         for m in 0..self.cfg.nodes {
             if m != n && self.started[m] {
@@ -955,11 +1227,105 @@ impl Sim {
             },
         )?;
         self.schedule_restart(x);
+        // Its voters changed: during a partition it decides again.
+        if self.partition.is_some() {
+            let at = self.now.after(1 + self.rng.below(20));
+            if let Some(p) = &mut self.partition {
+                p.checks.insert((at, s));
+            }
+        }
         Ok(())
     }
 
+    /// The network splits into two (or three) random sides: connections
+    /// between sides break and stay broken until it heals; each node
+    /// decides whether it keeps its locks after its detection delay.
+    fn start_partition(&mut self) -> Result<(), SimFailure> {
+        let n = self.cfg.nodes;
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut cuts = vec![1 + self.rng.below(n as u64 - 1) as usize];
+        if self.rng.chance(150) {
+            let a = 1 + self.rng.below(n as u64 - 2) as usize;
+            let b = a + 1 + self.rng.below((n - 1 - a) as u64) as usize;
+            cuts = vec![a, b];
+        }
+        let mut side = vec![0; n];
+        for (i, &m) in order.iter().enumerate() {
+            side[m] = cuts.iter().filter(|&&c| c <= i).count();
+        }
+        let heal_at = self.now.after(100 + self.rng.below(2500));
+        let mut checks = BTreeSet::new();
+        for m in 0..n {
+            // The hold (the heartbeat dead time and two intervals): longer
+            // than a death notice takes.
+            checks.insert((self.now.after(320 + self.rng.below(400)), m));
+        }
+        self.out.partitions += 1;
+        let sides: Vec<Vec<usize>> = (0..=cuts.len())
+            .map(|s| (0..n).filter(|&m| side[m] == s).map(|m| m + 1).collect())
+            .collect();
+        self.log(format!("the network splits: {sides:?}"));
+        self.partition = Some(Partition {
+            side,
+            sides: cuts.len() + 1,
+            heal_at,
+            checks,
+        });
+        let across: Vec<(usize, usize)> = self
+            .up
+            .iter()
+            .copied()
+            .filter(|&(a, b)| self.split(a, b))
+            .collect();
+        for (a, b) in across {
+            self.disconnect(a, b)?;
+        }
+        Ok(())
+    }
+
+    /// Node `n`'s voters (the nodes alive on its heartbeat, itself
+    /// included) and those of them on its side.
+    fn quorum_view(&self, n: usize) -> (BTreeSet<u8>, BTreeSet<u8>) {
+        let mut voters: BTreeSet<u8> = self.dlms[n].live_nodes().iter().map(|x| x.0).collect();
+        voters.insert(n as u8 + 1);
+        let reachable = match &self.partition {
+            Some(p) => voters
+                .iter()
+                .copied()
+                .filter(|&x| p.side[x as usize - 1] == p.side[n])
+                .collect(),
+            None => voters.clone(),
+        };
+        (voters, reachable)
+    }
+
+    /// Node `n` decides whether it keeps its locks.
+    fn quorum_check(&mut self, n: usize) -> Result<(), SimFailure> {
+        if !self.started[n] {
+            return Ok(());
+        }
+        let (voters, reachable) = self.quorum_view(n);
+        let ok = quorate(n as u8 + 1, &voters, &reachable);
+        self.log(format!(
+            "node {} quorum: voters {voters:?}, reachable {reachable:?}: {}",
+            n + 1,
+            if ok { "keeps its locks" } else { "lost" }
+        ));
+        if ok { Ok(()) } else { self.fence(n) }
+    }
+
+    fn heal(&mut self) {
+        self.partition = None;
+        self.log("the partition heals".into());
+    }
+
     /// The earliest scheduled thing: (time, kind) where kind 0 = node start,
-    /// 1 = reconnect, 2 = message, 3 = timer, 4 = death notice.
+    /// 1 = reconnect, 2 = message, 3 = timer, 4 = death notice, 5 = quorum
+    /// check, 6 = the partition heals, 7 = a fenced node unfences.
     fn next_scheduled(&self) -> Option<(Millis, u8, usize, usize)> {
         let mut best: Option<(Millis, u8, usize, usize)> = None;
         let mut consider = |c: (Millis, u8, usize, usize)| {
@@ -967,8 +1333,10 @@ impl Sim {
                 best = Some(c);
             }
         };
+        // The dead come back once the network is whole.
+        let partitioned = self.partition.is_some();
         for (n, &t) in self.start_at.iter().enumerate() {
-            if !self.started[n] && t != NEVER {
+            if !self.started[n] && t != NEVER && !(partitioned && self.down.contains(&n)) {
                 consider((t, 0, n, 0));
             }
         }
@@ -976,8 +1344,17 @@ impl Sim {
             consider((t, 4, s, x));
         }
         for (&(a, b), &t) in &self.reconnect {
-            if self.started[a] && self.started[b] {
+            if self.started[a] && self.started[b] && !self.split(a, b) {
                 consider((t, 1, a, b));
+            }
+        }
+        for (&n, &t) in &self.unfence_at {
+            consider((t, 7, n, 0));
+        }
+        if let Some(p) = &self.partition {
+            match p.checks.first() {
+                Some(&(t, n)) => consider((t, 5, n, 0)),
+                None => consider((p.heal_at, 6, 0, 0)),
             }
         }
         for (&(a, b), link) in &self.links {
@@ -987,7 +1364,7 @@ impl Sim {
         }
         for (n, dlm) in self.dlms.iter().enumerate() {
             if let Some(t) = dlm.next_deadline() {
-                if self.started[n] {
+                if self.started[n] || self.fenced.contains(&n) {
                     consider((t.max(self.now), 3, n, 0));
                 }
             }
@@ -1025,6 +1402,17 @@ impl Sim {
                 self.notices.remove(&(t, a, b));
                 self.notice(a, b)
             }
+            5 => {
+                if let Some(p) = &mut self.partition {
+                    p.checks.remove(&(t, a));
+                }
+                self.quorum_check(a)
+            }
+            6 => {
+                self.heal();
+                Ok(())
+            }
+            7 => self.come_back(a),
             _ => self.input(a, Input::Tick),
         }
     }
@@ -1048,13 +1436,27 @@ impl Sim {
                 let (a, b) = self.rng.pick(&pairs);
                 self.disconnect(a, b)?;
             }
-            let alive: Vec<usize> = (0..self.cfg.nodes).filter(|&n| self.started[n]).collect();
+            // (A fenced node connected again is not heartbeating: it has
+            // nothing to lose and is dead already.)
+            let alive: Vec<usize> = (0..self.cfg.nodes)
+                .filter(|&n| self.started[n] && !self.fenced.contains(&n))
+                .collect();
             if alive.len() > 2 && self.rng.chance(self.cfg.crash_per_mille) {
                 let n = self.rng.pick(&alive);
                 self.crash(n)?;
             }
+            if self.cfg.partition_per_mille > 0
+                && self.partition.is_none()
+                && self.down.is_empty()
+                && self.notices.is_empty()
+                && self.started.iter().all(|&s| s)
+                && self.rng.chance(self.cfg.partition_per_mille)
+            {
+                self.start_partition()?;
+            }
             let n = self.rng.below(self.cfg.nodes as u64) as usize;
-            if self.started[n] {
+            // A fenced node's clients still ask (and are refused).
+            if self.started[n] || self.fenced.contains(&n) {
                 let c = self.rng.below(self.cfg.clients as u64) as usize;
                 self.client_action(n, c)?;
             }
@@ -1062,7 +1464,8 @@ impl Sim {
             self.run_scheduled(s)?;
         }
         self.check_nodes()?;
-        self.check_answered()
+        self.check_answered()?;
+        self.check_fenced()
     }
 
     fn request(
@@ -1326,6 +1729,29 @@ impl Sim {
         self.draining = true;
         self.step = self.cfg.steps;
         self.log("drain".into());
+        // The partition ends: the quorum checks still due run (with the
+        // death notices due before them, which may call for more), then
+        // it heals.
+        while let Some(p) = &self.partition {
+            let check = p.checks.first().copied();
+            match (check, self.notices.first().copied()) {
+                (None, _) => self.heal(),
+                (Some((tc, _)), Some((t, s, x))) if t <= tc => {
+                    self.notices.remove(&(t, s, x));
+                    self.now = self.now.max(t);
+                    self.notice(s, x)?;
+                }
+                (Some((t, n)), _) => {
+                    if let Some(p) = &mut self.partition {
+                        p.checks.remove(&(t, n));
+                    }
+                    self.now = self.now.max(t);
+                    self.quorum_check(n)?;
+                }
+            }
+            self.check_nodes()?;
+            self.check_fenced()?;
+        }
         while let Some((t, s, x)) = self.notices.pop_first() {
             self.now = self.now.max(t);
             self.notice(s, x)?;
@@ -1334,6 +1760,10 @@ impl Sim {
             if !self.started[n] {
                 self.start_node(n)?;
             }
+        }
+        while let Some((n, t)) = self.unfence_at.pop_first() {
+            self.now = self.now.max(t);
+            self.come_back(n)?;
         }
         let pairs: Vec<(usize, usize)> = self.reconnect.keys().copied().collect();
         for (a, b) in pairs {
@@ -1366,6 +1796,7 @@ impl Sim {
             }
             self.check_nodes()?;
             self.check_answered()?;
+            self.check_fenced()?;
             let outstanding = self
                 .clients
                 .iter()

@@ -134,13 +134,20 @@ fn a_seed_replays_exactly() {
 }
 
 /// Seeds that once found a bug (each fixed since): run every time, whatever
-/// `O2TOOLS_SIM_SEEDS` says. Those found before the simulation partitioned
+/// `O2TOOLS_SIM_SEEDS` says. 19918, 29050, 29122, 36977, 37401: a node that
+/// held PW or EX died while the change that moved the resource to a new
+/// master had completed on the old master only (which forgot who could
+/// write) and the value block read valid; 22567: a joiner took a node that
+/// forgot an old epoch for dead, while that node (a new incarnation) was a
+/// reporter in the joiner's change of another domain, which then waited for
+/// ever. Those found before the simulation partitioned
 /// the network also run as they did then (without partitions: the chance of
 /// one is drawn at every client step, so it changes the whole run).
 #[test]
 fn seeds_that_found_bugs_stay_fixed() {
     for seed in [
-        38, 80, 109, 142, 735, 786, 1046, 1140, 1204, 2948, 5157, 12451,
+        38, 80, 109, 142, 735, 786, 1046, 1140, 1204, 2948, 5157, 12451, 19918, 22567, 29050,
+        29122, 36977, 37401,
     ] {
         let mut cfg = o2tools::sim::Config::for_seed(seed, 1500);
         if cfg.partition_per_mille > 0 {
@@ -169,30 +176,6 @@ fn partition_seeds() {
         match o2tools::sim::run_seed(seed, 1500) {
             Ok(o) => assert!(o.partitions > 0 && o.fences > 0, "seed {seed}: {o:?}"),
             Err(f) => panic!("{f}"),
-        }
-    }
-}
-
-/// Seeds that find bugs the core still has: run with
-/// `cargo test --release --test sim -- --ignored`, and move them to
-/// `seeds_that_found_bugs_stay_fixed` once fixed.
-/// - 19918 (crashes only), 29050 and 29122 (a partition): a dead node that
-///   held PW or EX is not counted as a lost writer, and its value block
-///   reads valid. The master that granted it handed the resource over in a
-///   change that completed there (forgetting who could write) but not on
-///   the new master, which never got the dead node's report; the change
-///   that names the dead node lost then flags nothing.
-/// - 22567 (liveness): a node that restarted joins a domain where a stale
-///   view lists another node's old incarnation; that node's answer shows a
-///   new incarnation, so the joiner marks it dead, while the same node is
-///   a reporter in the joiner's own change of another domain: that change
-///   waits for ever.
-#[test]
-#[ignore = "open core bugs: a lost writer forgotten across an overtaken change; a join marks a live node dead"]
-fn seeds_of_open_bugs() {
-    for seed in [19918, 29050, 29122, 22567] {
-        if let Err(f) = o2tools::sim::run_seed(seed, 1500) {
-            panic!("{f}");
         }
     }
 }

@@ -409,9 +409,14 @@ pub(super) struct DomainCluster {
     /// a Sync once it runs again.
     pub resync: BTreeSet<NodeId>,
     /// Nodes that held PW or EX on the resources this node gave up
-    /// mastering (or was told of in reports) in a change not completed yet:
-    /// if one of them dies before it completes, its value block is suspect.
+    /// mastering (or was told of in reports) in a change not known to be
+    /// complete on every node: if one of them dies before then, its value
+    /// block is suspect. Rebuilding here is not enough: the new master may
+    /// still wait for a report the dead node never sent.
     pub writers: BTreeMap<Box<[u8]>, BTreeSet<NodeId>>,
+    /// The last epoch this node knows completed on every node (its `Done`
+    /// came, or this node drove it): writers older than that are of no use.
+    pub done_epoch: u64,
 }
 
 /// A node's view of one domain's membership.

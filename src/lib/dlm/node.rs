@@ -482,7 +482,10 @@ impl Dlm {
                 frozen,
             } => self.on_answer(now, from, &domain, req, ok, (epoch, members, frozen)),
             PeerMsg::Cancel { domain, req } => self.on_release(from, &domain, req, false),
-            PeerMsg::Done { domain, req, .. } => self.on_release(from, &domain, req, true),
+            PeerMsg::Done { domain, req, epoch } => {
+                self.change_done_everywhere(&domain, epoch);
+                self.on_release(from, &domain, req, true);
+            }
             PeerMsg::Freeze {
                 domain,
                 epoch,
@@ -1205,12 +1208,16 @@ impl Dlm {
         // Lost: members this node knows are dead, and members whose answer
         // shows they never saw the epoch they are members of (a new
         // incarnation: the old one died, maybe before this node learned it).
-        let forgot = old.iter().filter(|n| {
-            answers
-                .get(n)
-                .is_some_and(|a| a.1 < last && a.3 < last && !a.2.contains(n))
-        });
-        let lost: BTreeSet<NodeId> = old.intersection(&dead).chain(forgot).copied().collect();
+        let forgot: BTreeSet<NodeId> = old
+            .iter()
+            .filter(|n| {
+                answers
+                    .get(n)
+                    .is_some_and(|a| a.1 < last && a.3 < last && !a.2.contains(n))
+            })
+            .copied()
+            .collect();
+        let lost: BTreeSet<NodeId> = old.intersection(&dead).chain(&forgot).copied().collect();
         let asked = asked.clone();
         if !still_wanted {
             // Release the approvals; `drive` starts what is wanted now.
@@ -1253,6 +1260,15 @@ impl Dlm {
                 lost: lost.clone(),
             };
             dc.attempts = 0;
+            // A node that forgot answered: it is a new incarnation, alive,
+            // and may take part in other changes here; only its old one is
+            // lost (the freeze must not make this node drop what it says).
+            let cl = self.cl_mut();
+            for n in &forgot {
+                if !cl.dead.contains(n) {
+                    cl.revived.insert(*n);
+                }
+            }
             self.send_freeze(d, epoch, &old, &new, &lost);
         } else {
             let oks: Vec<NodeId> = answers
@@ -1467,8 +1483,10 @@ impl Dlm {
         // A change this node was frozen in and that never completed here
         // is overtaken: the value blocks it was given or gave for it are
         // passed on with this one.
-        // Writers recorded for a change that completed are of no use now.
+        // Writers recorded for a change that completed everywhere are of no
+        // use now.
         let superseding = dc.m.frozen.is_some()
+            || dc.m.epoch > dc.done_epoch
             || dc.last_reports.as_ref().is_some_and(|(e, _)| {
                 *e > dc.m.epoch || (initiator == me && *e == dc.m.epoch && !new.contains(&me))
             });
@@ -1610,7 +1628,6 @@ impl Dlm {
         let me = self.node;
         let dc = self.dc_mut(d);
         let f = dc.m.frozen.take().expect("frozen");
-        dc.writers.clear();
         let mut by_res: BTreeMap<Vec<u8>, Vec<(NodeId, ReportEntry)>> = BTreeMap::new();
         for (n, entries) in f.reports {
             for e in entries {
@@ -1768,6 +1785,7 @@ impl Dlm {
         }
         let (req, epoch, approvers) = (op.req, *epoch, approvers.clone());
         dc.m.op = None;
+        self.change_done_everywhere(d, epoch);
         for n in approvers {
             self.send(
                 n,
@@ -1779,6 +1797,22 @@ impl Dlm {
             );
         }
         self.drive(d);
+    }
+
+    /// The change to `epoch` of `d` completed on every node: the writers
+    /// kept for it are of no use any more.
+    fn change_done_everywhere(&mut self, d: &[u8], epoch: u64) {
+        let Some(dc) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.domains.get_mut(d))
+        else {
+            return;
+        };
+        if dc.m.frozen.is_none() && epoch == dc.m.epoch && epoch > dc.done_epoch {
+            dc.done_epoch = epoch;
+            dc.writers.clear();
+        }
     }
 
     // ---------------------------------------------------------------

@@ -884,6 +884,9 @@ fn partition_and_heal(hb: Heartbeat) {
         st["quorum"] == "fenced" || st["quorum"] == "fencing",
         "node 3 is fenced: {st}"
     );
+    // Still a node of its cluster, whose nodes it lists.
+    assert_eq!(st["mode"], "cluster", "{st}");
+    assert_eq!(st["nodes"].as_array().map(Vec::len), Some(3), "{st}");
     let (code, out, err) = c.run(n3, &["lock", "-n", DOMAIN, "refused", "--", "true"]);
     assert_ne!(code, 0, "node 3 refuses while fenced: {out}");
     assert!(

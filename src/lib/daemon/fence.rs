@@ -65,6 +65,17 @@ impl Fence {
         !matches!(self, Fence::No)
     }
 
+    /// The cluster of a node between closing its mesh and opening a new one.
+    pub(super) fn setup(&self) -> Option<&ClusterSetup> {
+        match self {
+            Fence::Fencing { setup, .. }
+            | Fence::Fenced {
+                mesh_at: Some((_, setup)),
+            } => Some(setup),
+            _ => None,
+        }
+    }
+
     /// For `dlmctl status`.
     pub(super) fn state(&self) -> QuorumState {
         match self {

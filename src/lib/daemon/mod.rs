@@ -762,26 +762,50 @@ impl Loop<'_> {
                     self.route();
                 }
                 ClientRequest::Status => {
-                    let nodes = self
+                    // A fencing node has no mesh for a while: its nodes
+                    // are listed unconnected.
+                    let links: Vec<(u8, String, String, bool)> = match &self.mesh {
+                        Some(m) => m
+                            .status()
+                            .into_iter()
+                            .map(|l| (l.node, l.name, l.addr.to_string(), l.connected))
+                            .collect(),
+                        None => self
+                            .fence
+                            .setup()
+                            .map(|s| {
+                                s.nodes
+                                    .iter()
+                                    .map(|(&n, p)| {
+                                        (n, p.name.clone(), p.addr.to_string(), n == s.node)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    };
+                    let nodes = links
+                        .into_iter()
+                        .map(|(number, name, address, connected)| {
+                            let local = number == self.node.0;
+                            NodeStatus {
+                                number,
+                                name,
+                                address,
+                                local,
+                                connected,
+                                heartbeat: local || self.live_union.contains(&number),
+                            }
+                        })
+                        .collect();
+                    let cluster = self
                         .mesh
                         .as_ref()
-                        .map(|m| {
-                            m.status()
-                                .into_iter()
-                                .map(|l| NodeStatus {
-                                    number: l.node,
-                                    name: l.name,
-                                    address: l.addr.to_string(),
-                                    local: l.local,
-                                    connected: l.connected,
-                                    heartbeat: l.local || self.live_union.contains(&l.node),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                        .map(|m| &m.setup)
+                        .or(self.fence.setup())
+                        .map(|s| s.name.clone());
                     let reply = ServerReply::Status(StatusInfo {
                         node: self.node,
-                        cluster: self.mesh.as_ref().map(|m| m.setup.name.clone()),
+                        cluster,
                         pid: std::process::id(),
                         uptime_ms: self.start.elapsed().as_millis() as u64,
                         autostarted: self.opts.autostarted,

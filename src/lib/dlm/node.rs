@@ -143,6 +143,15 @@ impl Dlm {
         self.cl_mut().domains.entry(d.into()).or_default()
     }
 
+    /// `d`'s cluster state, if this node has any (not created).
+    fn dc_if(&mut self, d: &[u8]) -> Option<&mut DomainCluster> {
+        self.cluster
+            .as_deref_mut()?
+            .domains
+            .get_mut(d)
+            .map(|b| &mut **b)
+    }
+
     /// A member of `d` that is not changing membership.
     pub(super) fn domain_running(&self, d: &[u8]) -> bool {
         self.dc(d).is_some_and(|dc| dc.m.running(self.node))
@@ -1739,11 +1748,7 @@ impl Dlm {
     }
 
     fn on_ready(&mut self, _now: Millis, from: NodeId, d: &[u8], epoch: u64) {
-        let Some(dc) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.domains.get_mut(d))
-        else {
+        let Some(dc) = self.dc_if(d) else {
             return;
         };
         if let Some(op) = dc.m.op.as_mut() {
@@ -1762,11 +1767,7 @@ impl Dlm {
     /// This node's change is over once every new member has rebuilt (and
     /// this node has done its own part): the approvals are released.
     fn check_change_done(&mut self, d: &[u8]) {
-        let Some(dc) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.domains.get_mut(d))
-        else {
+        let Some(dc) = self.dc_if(d) else {
             return;
         };
         let Some(op) = dc.m.op.as_ref() else { return };
@@ -1802,11 +1803,7 @@ impl Dlm {
     /// The change to `epoch` of `d` completed on every node: the writers
     /// kept for it are of no use any more.
     fn change_done_everywhere(&mut self, d: &[u8], epoch: u64) {
-        let Some(dc) = self
-            .cluster
-            .as_deref_mut()
-            .and_then(|c| c.domains.get_mut(d))
-        else {
+        let Some(dc) = self.dc_if(d) else {
             return;
         };
         if dc.m.frozen.is_none() && epoch == dc.m.epoch && epoch > dc.done_epoch {

@@ -22,16 +22,15 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{bin, is_root, output};
+use common::{bin, code_of, is_root, json, output, run_bounded, wait_for, write_cluster_conf};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use o2tools::dlm::{NodeId, master_of};
@@ -62,67 +61,6 @@ const GRACE_MS: u64 = 3000;
 /// `Settings::fence_margin_ms`: the fence grace plus the keepalive delay
 /// plus two seconds.
 const MARGIN_MS: u64 = GRACE_MS + KEEPALIVE_MS + 2000;
-
-/// Polls `f` every 50 ms until it is true; panics naming `what` after `secs`.
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn code_of(st: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt as _;
-    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
-}
-
-/// Runs `cmd` in its own process group with the output captured; kills the
-/// group and panics if it does not finish within `secs`.
-fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = so.read_to_end(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = se.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
-            panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = String::from_utf8_lossy(&to.join().unwrap()).into_owned();
-    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
-    (code_of(status), out, err)
-}
 
 // ---- network namespaces ------------------------------------------------------
 
@@ -377,61 +315,20 @@ impl Cluster {
     fn start(n: u8, hb: Heartbeat) -> Cluster {
         let net = Net::new(n);
         let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("cluster.conf");
-        let o2cb = |args: &[&str]| {
-            let out = output(
-                Command::new(bin("o2cb"))
-                    .args(args)
-                    .env("O2CB_CONFIG_FILE", &conf),
-            );
-            assert!(
-                out.status.success(),
-                "o2cb {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        o2cb(&["add-cluster", CLUSTER]);
-        let mut nodes = Vec::new();
-        for k in 1..=n {
-            let name = format!("node{k}");
-            o2cb(&[
-                "add-node",
-                CLUSTER,
-                &name,
-                "--ip",
-                &net.addr(k),
-                "--port",
-                &PORT.to_string(),
-                "--number",
-                &k.to_string(),
-            ]);
-            nodes.push(Node {
-                socket: dir.path().join(format!("{name}.sock")),
-                log: dir.path().join(format!("{name}.log")),
-                name,
-                number: k,
-                child: None,
-            });
-        }
-        if hb == Heartbeat::Global {
-            let region = dir.path().join("heartbeat.img");
-            std::fs::File::create(&region)
-                .unwrap()
-                .set_len(1 << 20)
-                .unwrap();
-            let out = output(
-                Command::new(bin("hb_ctl"))
-                    .args(["format", "--no-autostart"])
-                    .arg(&region),
-            );
-            assert!(
-                out.status.success(),
-                "hb_ctl format: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            o2cb(&["add-heartbeat", CLUSTER, region.to_str().unwrap()]);
-            o2cb(&["heartbeat-mode", CLUSTER, "global"]);
-        }
+        let addrs: Vec<String> = (1..=n).map(|k| net.addr(k)).collect();
+        let conf = write_cluster_conf(dir.path(), CLUSTER, &addrs, PORT, hb == Heartbeat::Global);
+        let nodes = (1..=n)
+            .map(|k| {
+                let name = format!("node{k}");
+                Node {
+                    socket: dir.path().join(format!("{name}.sock")),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    number: k,
+                    child: None,
+                }
+            })
+            .collect();
         let settings = dir.path().join("lockd.toml");
         std::fs::write(
             &settings,

@@ -1,8 +1,15 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
 
 /// The shared reference material, beside the repository (or `$O2TOOLS_SHARED`).
 pub fn shared() -> PathBuf {
@@ -229,4 +236,128 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     f()
+}
+
+/// Polls `f` every 50 ms until it is true; panics naming `what` after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Parses dlmctl's JSON output, or panics showing it.
+pub fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// Runs `cmd` in its own process group with the output captured; kills the
+/// group and panics if it does not finish within `secs`.
+pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = so.read_to_end(&mut s);
+        s
+    });
+    let te = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = se.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+            panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = String::from_utf8_lossy(&to.join().unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
+    (code_of(status), out, err)
+}
+
+/// The exit status as a shell shows it (128 + N when killed by signal N).
+pub fn code_of(st: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+/// Writes `dir/cluster.conf` with our o2cb: cluster `cluster`, nodes
+/// `node1`..`nodeN` numbered from 1 at `addrs` (one per node) on `port`,
+/// and, with `global_heartbeat`, a heartbeat file `dir/heartbeat.img`
+/// formatted by hb_ctl as the cluster's global region. Returns the path.
+pub fn write_cluster_conf(
+    dir: &Path,
+    cluster: &str,
+    addrs: &[String],
+    port: u16,
+    global_heartbeat: bool,
+) -> PathBuf {
+    let conf = dir.join("cluster.conf");
+    let o2cb = |args: &[&str]| {
+        let out = output(
+            Command::new(bin("o2cb"))
+                .args(args)
+                .env("O2CB_CONFIG_FILE", &conf),
+        );
+        assert!(
+            out.status.success(),
+            "o2cb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    o2cb(&["add-cluster", cluster]);
+    for (i, addr) in addrs.iter().enumerate() {
+        let k = (i + 1).to_string();
+        o2cb(&[
+            "add-node",
+            cluster,
+            &format!("node{k}"),
+            "--ip",
+            addr,
+            "--port",
+            &port.to_string(),
+            "--number",
+            &k,
+        ]);
+    }
+    if global_heartbeat {
+        let region = dir.join("heartbeat.img");
+        std::fs::File::create(&region)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let out = output(
+            Command::new(bin("hb_ctl"))
+                .args(["format", "--no-autostart"])
+                .arg(&region),
+        );
+        assert!(
+            out.status.success(),
+            "hb_ctl format: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        o2cb(&["add-heartbeat", cluster, region.to_str().unwrap()]);
+        o2cb(&["heartbeat-mode", cluster, "global"]);
+    }
+    conf
 }

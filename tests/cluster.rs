@@ -1070,9 +1070,11 @@ fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
 
 /// Another writer in a node's heartbeat slot makes that node fence itself:
 /// the command run under its lock is stopped (dlmctl exits 4), a waiter on
-/// the other node gets the lock only after that, the fenced node refuses
-/// requests meanwhile, and it serves again, as a new incarnation, once the
-/// other writer is gone.
+/// the other node gets the lock only after that, and the fenced node serves
+/// again, as a new incarnation, once the other writer is gone. A library
+/// client that ignores the loss of its lock keeps the node fencing (status:
+/// `fencing`, still a node of its cluster) until the grace ends, then the
+/// fence goes on without it, and its connection stays usable.
 #[test]
 fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
     let _s = serial();
@@ -1090,11 +1092,21 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
     wait_for("node 2 holds the lock", WAIT_S, || {
         !c.local(1, "fence", "r", "granted").is_empty()
     });
+    let mut lib = o2tools::client::Client::connect(&c.nodes[1].socket).unwrap();
+    let lib_lock = lib
+        .lock(
+            b"fence",
+            b"lib",
+            o2tools::dlm::Mode::EX,
+            &o2tools::client::LockOptions::default(),
+        )
+        .unwrap();
     let mut waiter = c.spawn(0, &["lock", "--ex", "fence", "r", "--", "true"]);
     wait_for("node 1's request waits", WAIT_S, || {
         !c.local(0, "fence", "r", "waiting").is_empty()
     });
     // A foreign writer takes node 2's slot for a few intervals.
+    let mut fencing = None;
     let image = c.dir.path().join("heartbeat.img");
     let r = o2tools::heartbeat::region::locate(&image).unwrap();
     let mut io = o2tools::heartbeat::device::RegionIo::open(&image, &r, true).unwrap();
@@ -1107,9 +1119,18 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
             dead_ms: 3000,
         };
         io.write_slot(2, &block).unwrap();
+        if fencing.is_none() {
+            let st = c.status(1);
+            if st["quorum"] == "fencing" {
+                fencing = Some(st);
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(io);
+    let st = fencing.expect("node 2 was seen fencing (waiting for its library client)");
+    assert_eq!(st["mode"], "cluster", "{st}");
+    assert_eq!(st["nodes"].as_array().map(Vec::len), Some(2), "{st}");
     // Both end; the waiter not before the holder's command was stopped.
     let (mut holder_end, mut waiter_end) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(CMD_S);
@@ -1140,6 +1161,21 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
         log.contains("fencing this node") && log.contains("heartbeat slot"),
         "node 2's log names the fence and why:\n{log}"
     );
+    // The library client was told, and is still connected.
+    let lost = loop {
+        match lib.next_event(Some(Duration::from_secs(CMD_S))).unwrap() {
+            Some(o2tools::dlm::Event::Lost { lock, reason }) if lock == lib_lock => break reason,
+            Some(_) => {}
+            None => panic!("the library client was not told its lock is lost"),
+        }
+    };
+    assert_eq!(lost, o2tools::dlm::LostReason::Fenced);
+    assert!(
+        log.contains("still connected at the end of the fence grace"),
+        "{log}"
+    );
+    lib.status()
+        .expect("the library client's connection still works");
     // Node 2 comes back: quorate, and it locks again.
     wait_for("node 2 serves again", WAIT_S * 2, || {
         c.status(1)["quorum"] == "quorate"
@@ -1152,10 +1188,24 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
 /// paused VM) is declared dead by the others once its lease runs out (the
 /// idle timeout, twice, plus the fence margin), not before, and a waiter
 /// gets its lock; resumed, the old incarnation is refused as declared dead,
-/// fences itself (its persistent lock is gone), and comes back as a new
-/// incarnation that locks again.
+/// fences itself for that reason (its persistent lock is gone), and comes
+/// back as a new incarnation that locks again. Node 3 dials the others and
+/// is refused in their answer to its hello.
 #[test]
 fn without_a_heartbeat_a_silent_node_is_declared_dead_after_its_lease_and_fences_on_return() {
+    silent_node(2, 0);
+}
+
+/// As above for node 1, which the others dial: it learns it was declared
+/// dead from the refusal they send after its welcome.
+#[test]
+fn a_silent_node_that_the_others_dial_learns_it_was_declared_dead() {
+    silent_node(0, 1);
+}
+
+/// SIGSTOP of node `victim`'s lockd (0-based) while it holds a persistent
+/// lock that node `waiter` waits for; see the tests above.
+fn silent_node(victim: usize, waiter: usize) {
     let _s = serial();
     let c = Cluster::configure(3, Heartbeat::Local);
     let (idle, keepalive, grace) = (2000u64, 500u64, 1000u64);
@@ -1169,52 +1219,62 @@ fn without_a_heartbeat_a_silent_node_is_declared_dead_after_its_lease_and_fences
     .unwrap();
     let c = Cluster::launch(c, Heartbeat::Local);
     c.join_all("lease");
-    // A persistent lock on node 3, on a resource node 3 does not master.
-    let r = c.resource_mastered("p", |m| m == 1);
-    c.ok(2, &["lock", "--ex", "lease", &r]);
-    let mut waiter = c.spawn(0, &["lock", "--ex", "lease", &r, "--", "true"]);
-    wait_for("node 1's request waits", WAIT_S, || {
-        !c.local(0, "lease", &r, "waiting").is_empty()
+    let (vn, wn) = (victim + 1, waiter + 1);
+    // A persistent lock of the victim, on a resource the waiter masters.
+    let r = c.resource_mastered("p", |m| usize::from(m) == wn);
+    c.ok(victim, &["lock", "--ex", "lease", &r]);
+    let mut w = c.spawn(waiter, &["lock", "--ex", "lease", &r, "--", "true"]);
+    wait_for(&format!("node {wn}'s request waits"), WAIT_S, || {
+        !c.local(waiter, "lease", &r, "waiting").is_empty()
     });
-    let pid = Pid::from_raw(c.nodes[2].child.as_ref().unwrap().id() as i32);
+    let pid = Pid::from_raw(c.nodes[victim].child.as_ref().unwrap().id() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
-    let code = waiter.wait(CMD_S);
+    let code = w.wait(CMD_S);
     let took = t0.elapsed();
-    assert_eq!(code, 0, "node 1 got the lock");
+    assert_eq!(code, 0, "node {wn} got the lock");
     // The connection drops after `idle` of silence, the lease runs out
     // `idle` + margin later; the last thing heard may be a keepalive ago.
     let margin = grace + keepalive + 2000;
     let least = Duration::from_millis(idle + idle + margin - keepalive);
     assert!(
         took >= least,
-        "node 1 got the lock {took:?} after node 3 stopped, before its lease ran out ({least:?})"
+        "node {wn} got the lock {took:?} after node {vn} stopped, before its lease ran out ({least:?})"
     );
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     wait_for(
-        "nodes 1 and 2 log that node 3 was declared dead",
+        &format!("the survivors log that node {vn} was declared dead"),
         WAIT_S,
-        || c.log(0).contains("declared dead") && c.log(1).contains("declared dead"),
+        || {
+            survivors
+                .iter()
+                .all(|&i| c.log(i).contains("declared dead"))
+        },
     );
     kill(pid, Signal::SIGCONT).unwrap();
-    wait_for("node 3 fences itself", WAIT_S, || {
-        c.log(2).contains("fencing this node")
+    wait_for(&format!("node {vn} fences itself"), WAIT_S, || {
+        c.log(victim).contains("fencing this node")
     });
     wait_for(
-        "node 3 serves again as a new incarnation",
+        &format!("node {vn} serves again as a new incarnation"),
         WAIT_S * 2,
         || {
-            c.status(2)["quorum"] == "quorate"
-                && c.run(2, &["lock", "-n", "lease", "back", "--", "true"]).0 == 0
+            c.status(victim)["quorum"] == "quorate"
+                && c.run(victim, &["lock", "-n", "lease", "back", "--", "true"])
+                    .0
+                    == 0
         },
     );
     // Its persistent lock went with the old incarnation.
     assert!(
-        c.local(2, "lease", &r, "granted").is_empty(),
-        "node 3 still lists its old lock"
+        c.local(victim, "lease", &r, "granted").is_empty(),
+        "node {vn} still lists its old lock"
     );
-    let log = c.log(2);
+    // Refused within a reconnect delay of waking, long before its own
+    // quorum check (an idle timeout) could fence it.
+    let log = c.log(victim);
     assert!(
-        log.contains("declared this node dead") || log.contains("lost quorum"),
-        "node 3's log says why it fenced:\n{log}"
+        log.contains("declared this node dead"),
+        "node {vn} fenced because it was refused as declared dead:\n{log}"
     );
 }

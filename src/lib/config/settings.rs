@@ -475,6 +475,12 @@ mod tests {
                 .to_string()
                 .contains("idle_timeout_ms")
         );
+        let (_d, f) = files(None, Some("[network]\nfence_grace_ms = 999\n"));
+        let e = f.load().unwrap_err().to_string();
+        assert!(
+            e.contains("network.fence_grace_ms = 999 is out of range (1000..=600000)"),
+            "{e}"
+        );
         let (_d, f) = files(None, Some("[network]\nreconnect_delay_ms = -1\n"));
         assert!(
             f.load()

@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CpuSet, sched_setaffinity};
-use nix::unistd::Pid;
+mod common;
+
+use common::{num_cpus, percentile, pin, samples};
 use o2tools::client::{Client, LockOptions};
 use o2tools::dlm::{self, Dlm, Mode};
 
@@ -51,56 +52,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Pins a process (every thread of it), or this one when `pid` is None, to
-/// one CPU, or unpins it when `cpu` is None.
-fn pin(pid: Option<u32>, cpu: Option<usize>) {
-    let mut set = CpuSet::new();
-    match cpu {
-        Some(c) => set.set(c).unwrap(),
-        None => {
-            for c in 0..num_cpus() {
-                set.set(c).unwrap();
-            }
-        }
-    }
-    let tasks = match pid {
-        Some(p) => std::fs::read_dir(format!("/proc/{p}/task"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|t| t.file_name().to_string_lossy().parse::<i32>().ok())
-                    .collect()
-            })
-            .unwrap_or_default(),
-        None => vec![0],
-    };
-    for t in tasks {
-        let _ = sched_setaffinity(Pid::from_raw(t), &set);
-    }
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Microseconds of each of `n` timed runs of `f`, after `warm` untimed ones.
-fn samples(n: usize, warm: usize, mut f: impl FnMut()) -> Vec<f64> {
-    for _ in 0..warm {
-        f();
-    }
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_nanos() as f64 / 1000.0
-        })
-        .collect()
-}
 
 /// median and p99 in microseconds of `n` timed runs of `f` after `warm` untimed ones.
 fn time_ops(n: usize, warm: usize, f: impl FnMut()) -> (f64, f64) {

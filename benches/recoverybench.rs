@@ -67,6 +67,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{code_of, json, wait_for, write_cluster_conf};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use o2tools::client::Client;
@@ -187,23 +191,6 @@ impl Drop for Proc {
     }
 }
 
-fn code_of(st: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt as _;
-    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
-}
-
-/// Polls `f` every 50 ms until it is true; panics naming `what` after `secs`.
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs `cmd` in its own process group with its output captured; kills the
 /// group and panics if it does not finish within `secs`.
 fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
@@ -238,10 +225,6 @@ fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
     let out = String::from_utf8_lossy(&to.join().unwrap()).into_owned();
     let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
     (code_of(status), out, err)
-}
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 fn lockd_bin() -> PathBuf {
@@ -296,54 +279,21 @@ impl Cluster {
             .tempdir()
             .unwrap();
         let path = dir.path().to_owned();
-        let conf = path.join("cluster.conf");
         let port = free_port();
-        let o2cb = |args: &[&str]| {
-            let (code, _, err) = run_bounded(
-                Command::new(env!("CARGO_BIN_EXE_o2cb"))
-                    .args(args)
-                    .env("O2CB_CONFIG_FILE", &conf),
-                CMD_S,
-            );
-            assert_eq!(code, 0, "o2cb {args:?}: {err}");
-        };
-        o2cb(&["add-cluster", CLUSTER]);
-        let mut nodes = Vec::new();
-        for k in 1..=NODES {
-            let name = format!("node{k}");
-            o2cb(&[
-                "add-node",
-                CLUSTER,
-                &name,
-                "--ip",
-                &format!("127.0.0.{k}"),
-                "--port",
-                &port.to_string(),
-                "--number",
-                &k.to_string(),
-            ]);
-            nodes.push(Node {
-                socket: path.join(format!("{name}.sock")),
-                log: path.join(format!("{name}.log")),
-                name,
-                number: k,
-                lockd: None,
-            });
-        }
-        let region = path.join("heartbeat.img");
-        std::fs::File::create(&region)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let (code, _, err) = run_bounded(
-            Command::new(env!("CARGO_BIN_EXE_hb_ctl"))
-                .args(["format", "--no-autostart"])
-                .arg(&region),
-            CMD_S,
-        );
-        assert_eq!(code, 0, "hb_ctl format: {err}");
-        o2cb(&["add-heartbeat", CLUSTER, region.to_str().unwrap()]);
-        o2cb(&["heartbeat-mode", CLUSTER, "global"]);
+        let addrs: Vec<String> = (1..=NODES).map(|k| format!("127.0.0.{k}")).collect();
+        let conf = write_cluster_conf(&path, CLUSTER, &addrs, port, true);
+        let nodes = (1..=NODES)
+            .map(|k| {
+                let name = format!("node{k}");
+                Node {
+                    socket: path.join(format!("{name}.sock")),
+                    log: path.join(format!("{name}.log")),
+                    name,
+                    number: k,
+                    lockd: None,
+                }
+            })
+            .collect();
         let settings = path.join("lockd.toml");
         std::fs::write(
             &settings,

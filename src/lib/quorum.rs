@@ -34,22 +34,24 @@ use crate::dlm::Millis;
 /// Whether `me` keeps its locks, given the voters and the nodes it can
 /// reach (each set may or may not include `me`; `me` counts in both).
 pub fn quorate(me: u8, voters: &BTreeSet<u8>, reachable: &BTreeSet<u8>) -> bool {
-    let mut h: BTreeSet<u8> = voters.clone();
-    h.insert(me);
-    if h.len() <= 1 {
+    rule(me, voters, |n| reachable.contains(&n))
+}
+
+/// The rule, with reachability as a predicate (no set built: lockd asks
+/// on every turn of its loop).
+fn rule(me: u8, voters: &BTreeSet<u8>, reachable: impl Fn(u8) -> bool) -> bool {
+    let others = || voters.iter().copied().filter(|&n| n != me);
+    let h = 1 + others().count();
+    if h == 1 {
         return true;
     }
-    let c = h
-        .iter()
-        .filter(|&&n| n == me || reachable.contains(&n))
-        .count();
-    let lowest = *h.first().expect("non-empty");
-    let lowest_reached = lowest == me || reachable.contains(&lowest);
-    let hl = h.len();
-    if hl % 2 == 1 {
-        c >= hl.div_ceil(2)
+    let c = 1 + others().filter(|&n| reachable(n)).count();
+    let lowest = others().next().filter(|&n| n < me).unwrap_or(me);
+    let lowest_reached = lowest == me || reachable(lowest);
+    if h % 2 == 1 {
+        c >= h.div_ceil(2)
     } else {
-        c > hl / 2 || (c == hl / 2 && lowest_reached)
+        c > h / 2 || (c == h / 2 && lowest_reached)
     }
 }
 
@@ -110,11 +112,6 @@ impl Quorum {
             cut_since: BTreeMap::new(),
             fenced: false,
         }
-    }
-
-    /// Where the voters come from.
-    pub fn source(&self) -> Source {
-        self.source
     }
 
     /// Changes where the voters come from: to a disk heartbeat, the voters
@@ -219,18 +216,20 @@ impl Quorum {
     /// The voters reachable now: connected, or cut off too recently to tell
     /// (not while fenced: a fenced node must really reach a quorum again).
     pub fn reachable(&self, now: Millis) -> BTreeSet<u8> {
-        let reach = if self.fenced { 0 } else { self.reach_ms() };
         self.voters
             .iter()
             .copied()
-            .filter(|n| {
-                self.connected.contains(n)
-                    || self
-                        .cut_since
-                        .get(n)
-                        .is_none_or(|&t| now.0.saturating_sub(t.0) < reach)
-            })
+            .filter(|&n| self.reaches(now, n))
             .collect()
+    }
+
+    fn reaches(&self, now: Millis, n: u8) -> bool {
+        let reach = if self.fenced { 0 } else { self.reach_ms() };
+        self.connected.contains(&n)
+            || self
+                .cut_since
+                .get(&n)
+                .is_none_or(|&t| now.0.saturating_sub(t.0) < reach)
     }
 
     /// Decides: leases past their margin are dead (no longer voters), then
@@ -249,7 +248,7 @@ impl Quorum {
             }
         }
         Verdict {
-            quorate: quorate(self.me, &self.voters, &self.reachable(now)),
+            quorate: rule(self.me, &self.voters, |n| self.reaches(now, n)),
             dead,
         }
     }

@@ -179,3 +179,32 @@ fn partition_seeds() {
         }
     }
 }
+
+/// The trace digests of a few seeds, recorded when the simulator and the
+/// core were last changed on purpose: a change that is meant to keep the
+/// behaviour (moving code between files, renaming a private helper) must
+/// keep them, event for event. A change of behaviour updates them, and says
+/// so in its commit. Includes seeds with crashes, partitions and fences.
+#[test]
+fn traces_match_their_recorded_digests() {
+    let recorded: [(u64, u64); 6] = [
+        (1, 0xae3b6d09ea9c4636),
+        (70, 0xed561d63b09da5de),
+        (77, 0xaf1bf81ccc9ea6c0),
+        (444, 0xcbc0207123c5cb94),
+        (12451, 0xfb1b4dba326c272a),
+        (19918, 0x7e8b23145dde7e0a),
+    ];
+    let mut wrong = Vec::new();
+    for (seed, want) in recorded {
+        let o = o2tools::sim::run_seed(seed, 1500).expect("passes");
+        if o.trace_digest != want {
+            wrong.push(format!("({seed}, {:#018x}),", o.trace_digest));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the simulated runs changed; if that is meant, record:\n{}",
+        wrong.join("\n")
+    );
+}

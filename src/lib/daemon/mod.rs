@@ -283,7 +283,7 @@ impl Daemon {
             .map_err(io::Error::from)?;
         let (hb_tx, hb_rx) = channel();
         let mut lp = Loop {
-            dlm: Dlm::new(self.opts.node),
+            dlm: Dlm::new(self.opts.node).with_hash_key(heartbeat::random_generation()),
             node: self.opts.node,
             mesh: None,
             mesh_out: Vec::new(),
@@ -539,7 +539,7 @@ impl Loop<'_> {
         );
         self.mesh = Some(mesh);
         self.node = node;
-        self.dlm = Dlm::new_cluster(node, config);
+        self.dlm = Dlm::new_cluster(node, config).with_hash_key(heartbeat::random_generation());
         self.quorum = Some(Quorum::new(
             node.0,
             u64::from(net.idle_timeout_ms),
@@ -983,7 +983,7 @@ impl Loop<'_> {
         m.shutdown(&self.epoll);
         self.quorum = None;
         self.node = self.opts.node;
-        self.dlm = Dlm::new(self.node);
+        self.dlm = Dlm::new(self.node).with_hash_key(heartbeat::random_generation());
         self.reconnect_clients();
         info!(cluster, "cluster unregistered; lockd serves a single node");
         Ok(())

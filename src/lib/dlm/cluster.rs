@@ -30,9 +30,9 @@
 //!   only delays what needs it: a lost connection is not a death. Quorum
 //!   and fencing are not here yet.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Lvb, Millis, Mode, NodeId};
+use super::{Lvb, Millis, Mode, NameHasher, NameMap, NodeId};
 
 /// One copy of a lock value block: its bytes, how many writes made it, and
 /// whether it can be trusted.
@@ -385,11 +385,11 @@ pub(super) struct ClusterState {
 }
 
 /// A domain's cluster-level state on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct DomainCluster {
     pub m: Membership,
     /// Resources this node masters in the current epoch.
-    pub mastered: HashMap<Box<[u8]>, Box<MasterRes>>,
+    pub mastered: NameMap<Box<MasterRes>>,
     /// Messages for a later epoch than ours, handled when we reach it.
     pub deferred: Vec<(NodeId, PeerMsg)>,
     /// Reports that came before their freeze: epoch -> sender -> entries.
@@ -417,6 +417,25 @@ pub(super) struct DomainCluster {
     /// The last epoch this node knows completed on every node (its `Done`
     /// came, or this node drove it): writers older than that are of no use.
     pub done_epoch: u64,
+}
+
+impl DomainCluster {
+    pub fn new(hash: NameHasher) -> Self {
+        DomainCluster {
+            m: Membership::default(),
+            mastered: NameMap::with_hasher(hash),
+            deferred: Vec::new(),
+            early: BTreeMap::new(),
+            join_waiters: Vec::new(),
+            leave_waiters: Vec::new(),
+            ready_to: None,
+            attempts: 0,
+            last_reports: None,
+            resync: BTreeSet::new(),
+            writers: BTreeMap::new(),
+            done_epoch: 0,
+        }
+    }
 }
 
 /// A node's view of one domain's membership.

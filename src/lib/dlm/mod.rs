@@ -40,6 +40,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasher, DefaultHasher, Hasher};
 
 pub use cluster::{
     ClusterConfig, DomainView, LvbCopy, NodeFailure, NodeHolder, NodeView, PeerMsg, ReportEntry,
@@ -49,6 +50,27 @@ pub use mode::{BadMode, Mode};
 
 /// A resource, by domain and name.
 type ResKey = (Box<[u8]>, Box<[u8]>);
+
+/// Hashes resource names for the core's tables: SipHash keyed by the lock
+/// manager's hash key. The same key gives the same iteration order, so a
+/// simulated run replays exactly; lockd picks a random key, so names that
+/// collide cannot be worked out in advance. No `Default`: every table is
+/// made with its lock manager's key.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NameHasher(u64);
+
+impl BuildHasher for NameHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut h = DefaultHasher::new();
+        h.write_u64(self.0);
+        h
+    }
+}
+
+/// A table keyed by resource name.
+pub(crate) type NameMap<V> = HashMap<Box<[u8]>, V, NameHasher>;
 
 /// Length of a lock value block.
 pub const LVB_LEN: usize = 64;
@@ -506,7 +528,7 @@ struct Resource {
     node: Option<Box<cluster::NodeLock>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Domain {
     /// Stays until a forced leave.
     pinned: bool,
@@ -514,7 +536,17 @@ struct Domain {
     users: BTreeSet<ClientId>,
     /// Boxed values keep the table small: a hash table is up to half empty
     /// just after it grows, and an idle resource is mostly its value block.
-    resources: HashMap<Box<[u8]>, Box<Resource>>,
+    resources: NameMap<Box<Resource>>,
+}
+
+impl Domain {
+    fn new(hash: NameHasher) -> Self {
+        Domain {
+            pinned: false,
+            users: BTreeSet::new(),
+            resources: NameMap::with_hasher(hash),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -682,6 +714,8 @@ pub struct Dlm {
     loopback: VecDeque<PeerMsg>,
     /// Fenced: every request is refused.
     fenced: bool,
+    /// Keys the name tables (see [`NameHasher`]).
+    hash: NameHasher,
 }
 
 fn check_name(what: &'static str, name: &[u8]) -> Result<(), DlmError> {
@@ -725,7 +759,23 @@ impl Dlm {
             cluster: None,
             loopback: VecDeque::new(),
             fenced: false,
+            hash: NameHasher(0),
         }
+    }
+
+    /// Keys the hash tables of resource names with `key` (0 by default).
+    /// Their order of iteration reaches the outputs (the order of messages
+    /// in a recovery), so a fixed key replays exactly, as the simulator
+    /// needs; a daemon passes a random one, so that no client can choose
+    /// names that collide. Call it before the first input.
+    #[must_use]
+    pub fn with_hash_key(mut self, key: u64) -> Self {
+        debug_assert!(
+            self.domains.is_empty(),
+            "hash key set after the first domain"
+        );
+        self.hash = NameHasher(key);
+        self
     }
 
     /// Other nodes that disk heartbeat says are alive, in order.
@@ -844,7 +894,8 @@ impl Dlm {
                 },
             ),
             None => Dlm::new(self.node),
-        };
+        }
+        .with_hash_key(self.hash.0);
         fresh.next_lock = self.next_lock;
         fresh.counters = std::mem::take(&mut self.counters);
         fresh.actions = std::mem::take(&mut self.actions);
@@ -904,7 +955,11 @@ impl Dlm {
         match request {
             Request::Join { domain, pin } => {
                 check_name("domain", &domain)?;
-                let d = self.domains.entry(domain.clone().into()).or_default();
+                let hash = self.hash;
+                let d = self
+                    .domains
+                    .entry(domain.clone().into())
+                    .or_insert_with(|| Domain::new(hash));
                 if pin {
                     d.pinned = true;
                 } else {
@@ -1110,7 +1165,7 @@ impl Dlm {
         let uses = self.clients[&client].domains.contains(&req.domain[..]);
         let (d, r): (Box<[u8]>, Box<[u8]>) = (req.domain.into(), req.resource.into());
         if !self.domains.contains_key(&d) {
-            self.domains.insert(d.clone(), Domain::default());
+            self.domains.insert(d.clone(), Domain::new(self.hash));
         }
         let domain = self.domains.get_mut(&d).expect("just ensured");
         // A lock joins its domain for good unless this client uses it explicitly.

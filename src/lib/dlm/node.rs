@@ -11,7 +11,7 @@ use super::cluster::{
     ReportEntry, cover_all, covers, down_to, master_of,
 };
 use super::{
-    Action, Dlm, Failure, Holder, LockId, LvbState, Millis, Mode, NodeId, Reply,
+    Action, Dlm, Failure, Holder, LockId, LvbState, Millis, Mode, NameMap, NodeId, Reply,
     compatible_with_holders,
 };
 
@@ -140,7 +140,11 @@ impl Dlm {
     }
 
     pub(super) fn dc_mut(&mut self, d: &[u8]) -> &mut DomainCluster {
-        self.cl_mut().domains.entry(d.into()).or_default()
+        let hash = self.hash;
+        self.cl_mut()
+            .domains
+            .entry(d.into())
+            .or_insert_with(|| Box::new(DomainCluster::new(hash)))
     }
 
     /// `d`'s cluster state, if this node has any (not created).
@@ -1421,8 +1425,9 @@ impl Dlm {
                 e.lvb = lvb;
             }
         }
+        let hash = self.hash;
         let dc = self.dc_mut(d);
-        let mastered = std::mem::take(&mut dc.mastered);
+        let mastered = std::mem::replace(&mut dc.mastered, NameMap::with_hasher(hash));
         // Who could write what this node mastered: needed if one of them
         // dies before the change completes.
         for (r, m) in &mastered {

@@ -29,7 +29,7 @@ complete -c dlmctl -n "__fish_dlmctl_needs_command" -l no-autostart -d 'Never st
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -s V -l version -d 'Print version'
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "lock" -d 'Take a lock: run COMMAND under it, or keep it as a persistent lock and print its id'
-complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "unlock" -d 'Release a persistent lock'
+complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "unlock" -d 'Release a persistent lock, or break a command\'s lock (root)'
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "join" -d 'Join a domain (the node stays in it until `dlmctl leave`)'
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "leave" -d 'Leave a domain, releasing every lock and value block in it'
 complete -c dlmctl -n "__fish_dlmctl_needs_command" -f -a "lvb" -d 'Read or write a lock value block'
@@ -49,7 +49,7 @@ complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s n -l try -d 'Fail
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s o -l close -d 'Do not let COMMAND inherit the lock\'s connection'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -l no-autostart -d 'Never start a lockd on demand (also LOCKD_NO_AUTOSTART=1)'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand lock" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c dlmctl -n "__fish_dlmctl_using_subcommand unlock" -l id -d 'The persistent lock (needed when the resource has several)' -r
+complete -c dlmctl -n "__fish_dlmctl_using_subcommand unlock" -l id -d 'The lock: a persistent lock (needed when the resource has several), or the lock of a running `dlmctl lock` command (root only)' -r
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand unlock" -l socket -d 'lockd\'s socket [default: $LOCKD_SOCKET, /run/o2tools/lockd.sock, or a private one]' -r -F
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand unlock" -l no-autostart -d 'Never start a lockd on demand (also LOCKD_NO_AUTOSTART=1)'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand unlock" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -92,7 +92,7 @@ complete -c dlmctl -n "__fish_dlmctl_using_subcommand status" -l json -d 'JSON o
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand status" -l no-autostart -d 'Never start a lockd on demand (also LOCKD_NO_AUTOSTART=1)'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand status" -s h -l help -d 'Print help'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "lock" -d 'Take a lock: run COMMAND under it, or keep it as a persistent lock and print its id'
-complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "unlock" -d 'Release a persistent lock'
+complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "unlock" -d 'Release a persistent lock, or break a command\'s lock (root)'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "join" -d 'Join a domain (the node stays in it until `dlmctl leave`)'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "leave" -d 'Leave a domain, releasing every lock and value block in it'
 complete -c dlmctl -n "__fish_dlmctl_using_subcommand help; and not __fish_seen_subcommand_from lock unlock join leave lvb domains locks status help" -f -a "lvb" -d 'Read or write a lock value block'

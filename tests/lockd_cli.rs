@@ -125,6 +125,59 @@ fn autostart_on_a_fresh_socket_and_the_main_command() {
     );
 }
 
+/// A dlmctl copied alone (no lockd beside it, none on PATH) starts lockd
+/// from its own executable, named `lockd`, in `/`.
+#[test]
+fn a_lone_dlmctl_runs_lockd_from_its_own_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("bin/dlmctl");
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    std::fs::copy(bin("dlmctl"), &lone).unwrap();
+    let sock = dir.path().join("run/lockd.sock");
+    let dlmctl = |args: &[&str]| {
+        let mut c = Command::new(&lone);
+        c.args(args)
+            .env("LOCKD_SOCKET", &sock)
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("LOCKD_NO_AUTOSTART")
+            .env("O2CB_CONFIG_FILE", dir.path().join("no-cluster.conf"));
+        output(&mut c)
+    };
+    let out = dlmctl(&["lock", "--ex", "d", "r", "--", "sh", "-c", "echo $DLM_MODE"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "EX\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(
+        &dlmctl(&["--no-autostart", "status", "--json"]).stdout,
+    ));
+    assert_eq!(v["autostarted"], true);
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    let proc_ = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let exe = std::fs::read_link(proc_.join("exe")).unwrap();
+    let comm = std::fs::read_to_string(proc_.join("comm")).unwrap();
+    let cmdline = std::fs::read(proc_.join("cmdline")).unwrap();
+    let cwd = std::fs::read_link(proc_.join("cwd")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(exe, lone);
+    assert_eq!(comm, "lockd\n");
+    assert!(cmdline.starts_with(b"lockd\0--socket\0"), "{cmdline:?}");
+    assert_eq!(cwd, std::path::Path::new("/"));
+    assert!(
+        eventually(10, || !sock.exists()),
+        "SIGTERM should remove the socket"
+    );
+}
+
 #[test]
 fn two_clients_racing_to_autostart_share_one_lockd() {
     let _s = serial();
@@ -328,10 +381,16 @@ fn lost_lock_stops_the_command_and_exits_4() {
         let id = json(&out)["resources"][0]["granted"][0]["id"]
             .as_u64()
             .unwrap();
-        // A process lock is broken with the core's unlock by root; dlmctl unlock
-        // only releases persistent locks, so speak the protocol directly.
-        let mut cl = o2tools::client::Client::connect(&l.socket).unwrap();
-        cl.unlock(o2tools::dlm::LockId(id)).unwrap();
+        // Without --id, unlock means a persistent lock, and says how to
+        // break a command's lock instead.
+        let (code, _, err) = l.run(&["unlock", "d", "r"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("lock {id} is held by processes")) && err.contains("--id"),
+            "{err}"
+        );
+        let (code, _, err) = l.run(&["unlock", "--id", &id.to_string(), "d", "r"]);
+        assert_eq!(code, 0, "{err}");
         let out = child.wait_with_output().unwrap();
         assert_eq!(
             out.status.code(),

@@ -5,19 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::client::ConnectOptions;
+use super::{Failure, Outcome};
 use crate::dlmfs::{DlmfsError, DlmfsOptions, MountOptions};
 
-/// Exit statuses of dlmfs.
+/// Exit statuses of dlmfs: `OK` after an unmount or a signal, `ERROR`
+/// when it cannot mount or the session failed, `USAGE` for an unknown
+/// option, `UNREACHABLE` when lockd cannot be reached (or started).
 pub mod exit {
-    /// Unmounted, or stopped by a signal.
-    pub const OK: u8 = 0;
-    /// Cannot mount, or the session failed.
-    pub const ERROR: u8 = 1;
-    /// Bad usage (unknown option).
-    pub const USAGE: u8 = 2;
-    /// lockd could not be reached (or started).
-    pub const UNREACHABLE: u8 = 69;
+    pub use crate::cli::exit::{ERROR, OK, UNREACHABLE, USAGE};
 }
 
 /// Locks as files: the o2tools lock manager as a FUSE file system.
@@ -84,43 +79,29 @@ pub fn main() -> ExitCode {
     let args = DlmfsArgs::parse();
     // fuser warns about unmounting a file system already unmounted by
     // fusermount3; that is how dlmfs normally ends.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-    ExitCode::from(run(&args))
+    super::init_logging("warn,fuser=error");
+    super::finish("dlmfs", run(&args))
 }
 
-/// Runs dlmfs with parsed arguments; returns the exit status.
-pub fn run(args: &DlmfsArgs) -> u8 {
+/// Runs dlmfs with parsed arguments until it is unmounted.
+pub fn run(args: &DlmfsArgs) -> Outcome {
     let mut mount = MountOptions::default();
     for o in &args.options {
-        if let Err(e) = mount.add(o) {
-            eprintln!("dlmfs: {e}");
-            return exit::USAGE;
-        }
+        mount.add(o).map_err(Failure::usage)?;
     }
-    let mut connect = ConnectOptions::from_env(args.socket.as_deref());
-    if args.no_autostart {
-        connect.autostart = false;
-    }
+    let connect = super::connect_options(args.socket.as_deref(), args.no_autostart);
     let opts = DlmfsOptions {
         mountpoint: args.mountpoint.clone(),
         connect,
         mount,
     };
-    match crate::dlmfs::run(&opts) {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            eprintln!("dlmfs: {e}");
-            match e {
-                DlmfsError::BadOption(_) => exit::USAGE,
-                e if e.is_unreachable() => exit::UNREACHABLE,
-                _ => exit::ERROR,
-            }
-        }
-    }
+    crate::dlmfs::run(&opts).map_err(|e| {
+        let code = match e {
+            DlmfsError::BadOption(_) => exit::USAGE,
+            ref e if e.is_unreachable() => exit::UNREACHABLE,
+            _ => exit::ERROR,
+        };
+        Failure::new(code, e)
+    })?;
+    Ok(exit::OK)
 }

@@ -11,22 +11,18 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::client::{Client, ClientError, ConnectOptions};
+use crate::cli::{Failure, Outcome, print_json, print_table, table};
+use crate::client::{Client, ClientError};
 use crate::heartbeat::device::RegionIo;
 use crate::heartbeat::format;
 use crate::heartbeat::region::{self, FormatOptions, Region};
 use crate::proto::HbTarget;
 
-/// Exit statuses of hb_ctl.
+/// Exit statuses of hb_ctl: `ERROR` also for usage errors of the
+/// ocfs2_hb_ctl spellings (as the real tool), `USAGE` for those of the
+/// hb_ctl commands.
 pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// An error (also usage errors of the ocfs2_hb_ctl spellings, as the real tool).
-    pub const ERROR: u8 = 1;
-    /// Usage errors of the hb_ctl commands.
-    pub const USAGE: u8 = 2;
-    /// lockd could not be reached.
-    pub const UNREACHABLE: u8 = 69;
+    pub use crate::cli::exit::{ERROR, OK, UNREACHABLE, USAGE};
 }
 
 /// The service name of `hb_ctl start`/`stop` references.
@@ -179,21 +175,6 @@ pub struct Target {
     pub uuid: Option<String>,
 }
 
-struct Fail(u8, String);
-
-impl From<ClientError> for Fail {
-    fn from(e: ClientError) -> Self {
-        let code = if e.is_unreachable() || matches!(e, ClientError::Closed) {
-            exit::UNREACHABLE
-        } else {
-            exit::ERROR
-        };
-        Fail(code, e.to_string())
-    }
-}
-
-type Res = Result<u8, Fail>;
-
 fn is_legacy(args: &[OsString]) -> bool {
     args.iter().skip(1).any(|a| {
         let b = a.as_bytes();
@@ -227,45 +208,36 @@ pub fn main() -> ExitCode {
         }
     };
     if std::env::var_os("RUST_LOG").is_some() {
-        crate::cli::init_logging();
+        crate::cli::init_logging("warn");
     }
-    ExitCode::from(match run(parsed) {
-        Ok(code) => code,
-        Err(Fail(code, msg)) => {
-            if !msg.is_empty() {
-                eprintln!("hb_ctl: {msg}");
-            }
-            code
-        }
-    })
+    crate::cli::finish("hb_ctl", run(parsed))
 }
 
-fn connect(args: &HbCtlArgs, autostart: bool) -> Result<Client, Fail> {
-    let mut opts = ConnectOptions::from_env(args.socket.as_deref());
-    opts.autostart &= autostart && !args.no_autostart;
+fn connect(args: &HbCtlArgs, autostart: bool) -> Result<Client, Failure> {
+    let opts = crate::cli::connect_options(args.socket.as_deref(), !autostart || args.no_autostart);
     Ok(Client::connect_with(&opts)?)
 }
 
-fn uuid_arg(s: &str) -> Result<[u8; 16], Fail> {
-    region::parse_uuid(s).map_err(|e| Fail(exit::ERROR, e.to_string()))
+fn uuid_arg(s: &str) -> Result<[u8; 16], Failure> {
+    region::parse_uuid(s).map_err(Failure::error)
 }
 
 fn uuid_hex(u: &[u8; 16]) -> String {
     u.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-fn target_of(device: &Option<PathBuf>, uuid: &Option<String>) -> Result<HbTarget, Fail> {
+fn target_of(device: &Option<PathBuf>, uuid: &Option<String>) -> Result<HbTarget, Failure> {
     match (device, uuid) {
         (Some(d), _) => {
             let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
             Ok(HbTarget::Device(d.as_os_str().as_bytes().to_vec()))
         }
         (None, Some(u)) => Ok(HbTarget::Uuid(uuid_arg(u)?)),
-        (None, None) => Err(Fail(exit::USAGE, "a device or --uuid is needed".into())),
+        (None, None) => Err(Failure::usage("a device or --uuid is needed")),
     }
 }
 
-fn run(args: HbCtlArgs) -> Res {
+fn run(args: HbCtlArgs) -> Outcome {
     let Some(cmd) = &args.command else {
         return legacy(&args);
     };
@@ -281,8 +253,7 @@ fn run(args: HbCtlArgs) -> Res {
                 block_bytes: *block_size,
                 ..FormatOptions::default()
             };
-            let r = region::format_raw(device, &opts, *force)
-                .map_err(|e| Fail(exit::ERROR, e.to_string()))?;
+            let r = region::format_raw(device, &opts, *force).map_err(Failure::error)?;
             println!("{}", r.uuid_string());
             Ok(exit::OK)
         }
@@ -324,11 +295,11 @@ fn with_spinner<T>(
 }
 
 /// The ocfs2_hb_ctl spellings, with its usage rules (usage errors exit 1).
-fn legacy(args: &HbCtlArgs) -> Res {
+fn legacy(args: &HbCtlArgs) -> Outcome {
     let l = &args.legacy;
     let usage = || {
         eprint!("{LEGACY_USAGE}");
-        Err(Fail(exit::ERROR, String::new()))
+        Err(Failure::silent(exit::ERROR))
     };
     if l.usage {
         print!("{LEGACY_USAGE}");
@@ -354,26 +325,21 @@ fn legacy(args: &HbCtlArgs) -> Res {
                 return usage();
             }
         }
-        return Err(Fail(
-            exit::ERROR,
-            "setting the heartbeat I/O priority is not supported".into(),
+        return Err(Failure::error(
+            "setting the heartbeat I/O priority is not supported",
         ));
     }
     let target = target_of(&l.device, &l.uuid)?;
     if l.info {
         let uuid = match (&l.device, &l.uuid) {
-            (Some(d), _) => {
-                region::locate(d)
-                    .map_err(|e| Fail(exit::ERROR, e.to_string()))?
-                    .uuid
-            }
+            (Some(d), _) => region::locate(d).map_err(Failure::error)?.uuid,
             (None, Some(u)) => uuid_arg(u)?,
             _ => unreachable!("checked above"),
         };
         // No lockd: nothing heartbeats, so no references.
         let refs = match connect(args, false) {
             Ok(mut c) => c.hb_refs(uuid)?,
-            Err(Fail(exit::UNREACHABLE, _)) => 0,
+            Err(e) if e.code() == exit::UNREACHABLE => 0,
             Err(e) => return Err(e),
         };
         println!("{}: {refs} refs", uuid_hex(&uuid));
@@ -392,30 +358,7 @@ fn legacy(args: &HbCtlArgs) -> Res {
     Ok(exit::OK)
 }
 
-fn print_json(v: &impl Serialize) {
-    let mut s = serde_json::to_string_pretty(v).expect("serializable");
-    s.push('\n');
-    let _ = crate::cli::write_stdout(s.as_bytes());
-}
-
-fn print_table(t: &comfy_table::Table) {
-    let mut s = String::new();
-    for line in t.to_string().lines() {
-        s.push_str(line.trim_end());
-        s.push('\n');
-    }
-    let _ = crate::cli::write_stdout(s.as_bytes());
-}
-
-fn table(header: &[&str]) -> comfy_table::Table {
-    let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::NOTHING)
-        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
-        .set_header(header.iter().copied());
-    t
-}
-
-fn status(args: &HbCtlArgs, json: bool) -> Res {
+fn status(args: &HbCtlArgs, json: bool) -> Outcome {
     let mut c = connect(args, false)?;
     let regions = c.hb_status()?;
     if json {
@@ -505,17 +448,16 @@ fn status(args: &HbCtlArgs, json: bool) -> Res {
     Ok(exit::OK)
 }
 
-fn locate(device: &Path) -> Result<Region, Fail> {
-    region::locate(device).map_err(|e| Fail(exit::ERROR, e.to_string()))
+fn locate(device: &Path) -> Result<Region, Failure> {
+    region::locate(device).map_err(Failure::error)
 }
 
-fn dump(device: &Path, all: bool, json: bool) -> Res {
+fn dump(device: &Path, all: bool, json: bool) -> Outcome {
     let reg = locate(device)?;
-    let mut io =
-        RegionIo::open(device, &reg, false).map_err(|e| Fail(exit::ERROR, e.to_string()))?;
+    let mut io = RegionIo::open(device, &reg, false).map_err(Failure::error)?;
     let buf = io
         .read_slots(0, reg.slots)
-        .map_err(|e| Fail(exit::ERROR, e.to_string()))?
+        .map_err(Failure::error)?
         .to_vec();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -594,7 +536,7 @@ fn dump(device: &Path, all: bool, json: bool) -> Res {
     Ok(exit::OK)
 }
 
-fn info(device: &Path, json: bool) -> Res {
+fn info(device: &Path, json: bool) -> Outcome {
     let r = locate(device)?;
     if json {
         #[derive(Serialize)]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use super::{Failure, Outcome};
 use crate::client::SocketPath;
 use crate::config::settings::SettingsFiles;
 use crate::daemon::mesh::ClusterSetup;
@@ -61,33 +62,25 @@ pub struct LockdArgs {
     pub autostarted: bool,
 }
 
-/// Entry point of the `lockd` binary.
+/// Entry point of the `lockd` binary (and of a tool's executable started
+/// as `lockd`: see [`super::dispatch`]).
 pub fn main() -> ExitCode {
     let args = LockdArgs::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-    let settings = match SettingsFiles::discover(args.settings.as_deref()).load() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lockd: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    super::init_logging("info");
+    super::finish("lockd", run(args))
+}
+
+/// Runs lockd until SIGTERM or SIGINT (exit 0); a failure to start is exit 1.
+pub fn run(args: LockdArgs) -> Outcome {
+    let settings = SettingsFiles::discover(args.settings.as_deref())
+        .load()
+        .map_err(Failure::error)?;
     let cluster = match &args.config {
         None => None,
-        Some(conf) => match ClusterSetup::load(conf, args.cluster.as_deref(), args.node.as_deref())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("lockd: {e}");
-                return ExitCode::from(1);
-            }
-        },
+        Some(conf) => Some(
+            ClusterSetup::load(conf, args.cluster.as_deref(), args.node.as_deref())
+                .map_err(Failure::error)?,
+        ),
     };
     let opts = DaemonOptions {
         socket: SocketPath::resolve(args.socket.as_deref()),
@@ -96,18 +89,9 @@ pub fn main() -> ExitCode {
         settings,
         cluster,
     };
-    let daemon = match Daemon::bind(opts) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("lockd: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match daemon.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lockd: {e}");
-            ExitCode::from(1)
-        }
-    }
+    Daemon::bind(opts)
+        .map_err(Failure::error)?
+        .run()
+        .map_err(Failure::error)?;
+    Ok(super::exit::OK)
 }

@@ -126,6 +126,20 @@ pub enum LockError {
     Client(#[from] ClientError),
 }
 
+/// The program started as a single-node lockd when none answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockdProgram {
+    /// The running executable, started with argv\[0\] `lockd`: every
+    /// o2tools tool runs lockd when started so (`cli::dispatch`), so a lone
+    /// `dlmctl` is enough. Only for executables that do that.
+    ThisExecutable,
+    /// A `lockd` beside the running executable (or one directory up, where
+    /// cargo puts test binaries), else on `PATH`. The default.
+    Installed,
+    /// This lockd executable.
+    Path(PathBuf),
+}
+
 /// How to reach lockd.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -133,8 +147,8 @@ pub struct ConnectOptions {
     pub socket: SocketPath,
     /// Start a single-node lockd when none answers.
     pub autostart: bool,
-    /// The lockd binary to start (default: `lockd` beside the running executable).
-    pub lockd: Option<PathBuf>,
+    /// What to start.
+    pub lockd: LockdProgram,
     /// How long to wait for a started lockd.
     pub wait: Duration,
 }
@@ -146,7 +160,7 @@ impl ConnectOptions {
         ConnectOptions {
             socket: SocketPath::resolve(socket),
             autostart: std::env::var(NO_AUTOSTART_ENV).as_deref() != Ok("1"),
-            lockd: None,
+            lockd: LockdProgram::Installed,
             wait: AUTOSTART_WAIT,
         }
     }
@@ -189,29 +203,43 @@ pub fn configured_cluster() -> Option<(PathBuf, String)> {
     Some((path, name))
 }
 
-fn lockd_beside_us() -> Result<PathBuf, ClientError> {
+/// The installed lockd: beside the running executable (or one directory
+/// up, where cargo puts test binaries), else on `PATH`.
+fn installed_lockd() -> Result<PathBuf, ClientError> {
     let exe = std::env::current_exe()
         .map_err(|e| ClientError::Autostart(format!("cannot find our own executable: {e}")))?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    // Test binaries live one level below the tools (target/debug/deps).
-    for d in [dir, dir.parent().unwrap_or(dir)] {
-        let p = d.join("lockd");
-        if p.is_file() {
-            return Ok(p);
-        }
+    let beside = [dir, dir.parent().unwrap_or(dir)].map(|d| d.join("lockd"));
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("lockd")).collect())
+        .unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(on_path)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ClientError::Autostart(format!("no lockd beside {} or on PATH", exe.display()))
+        })
+}
+
+/// The running executable, as the kernel knows it (so it works even when
+/// the file was replaced since it started).
+fn this_executable() -> PathBuf {
+    let proc_self = Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        proc_self.to_owned()
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| proc_self.to_owned())
     }
-    Err(ClientError::Autostart(format!(
-        "no lockd binary beside {}",
-        exe.display()
-    )))
 }
 
 /// Starts a single-node lockd on `socket`, in its own session, with its output
 /// in the log file beside the socket.
 fn start_lockd(opts: &ConnectOptions) -> Result<(), ClientError> {
-    let lockd = match &opts.lockd {
-        Some(p) => p.clone(),
-        None => lockd_beside_us()?,
+    let (lockd, argv0) = match &opts.lockd {
+        LockdProgram::ThisExecutable => (this_executable(), Some("lockd")),
+        LockdProgram::Installed => (installed_lockd()?, None),
+        LockdProgram::Path(p) => (p.clone(), None),
     };
     opts.socket
         .ensure_dir()
@@ -226,9 +254,17 @@ fn start_lockd(opts: &ConnectOptions) -> Result<(), ClientError> {
         .try_clone()
         .map_err(|e| ClientError::Autostart(e.to_string()))?;
     let mut cmd = Command::new(&lockd);
+    if let Some(a0) = argv0 {
+        cmd.arg0(a0);
+    }
+    // A daemon keeps no directory busy: it runs in /, told where its
+    // socket is in full.
+    let socket = std::path::absolute(&opts.socket.path)
+        .map_err(|e| ClientError::Autostart(format!("{}: {e}", opts.socket.path.display())))?;
     cmd.arg("--socket")
-        .arg(&opts.socket.path)
+        .arg(&socket)
         .arg("--autostarted")
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

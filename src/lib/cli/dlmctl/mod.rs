@@ -70,9 +70,9 @@ pub enum DlmctlCommand {
     /// found, 126 not executable, 128+N killed by signal N). Like flock(1),
     /// COMMAND inherits the lock's connection (unless -o), so the lock lasts
     /// while COMMAND lives even if dlmctl is killed. If the lock is lost while
-    /// COMMAND runs (lockd died, root broke it, the node left the domain),
-    /// COMMAND gets SIGTERM, then SIGKILL after --kill-after seconds, and
-    /// dlmctl exits 4. `dlmctl lvb` inside COMMAND goes through this lock.
+    /// COMMAND runs (lockd died, root broke it with `dlmctl unlock --id`, the
+    /// node left the domain or fenced itself), COMMAND gets SIGTERM, then
+    /// SIGKILL after --kill-after seconds, and dlmctl exits 4. `dlmctl lvb` inside COMMAND goes through this lock.
     ///
     /// Without COMMAND: take a persistent lock, held by lockd for this node
     /// until `dlmctl unlock` (by the same user or root), and print its id.

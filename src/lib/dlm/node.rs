@@ -1,6 +1,6 @@
 //! The cluster layer of [`Dlm`]: what a node does with peer messages, how it
 //! joins and leaves domains, and how its local queues use its node locks.
-//! The message and master types are in `cluster.rs`; see its doc comment for
+//! The message and master types are in `cluster`; see its doc comment for
 //! the protocol.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -6,7 +6,8 @@
 //! May depend on: the engine's queues and grants, the cluster types.
 
 use crate::dlm::cluster::{NodeLock, PeerMsg, cover_all, covers, down_to, master_of};
-use crate::dlm::{Dlm, LockId, Mode, NodeId, compatible_with_holders};
+use crate::dlm::queues::compatible_with_holders;
+use crate::dlm::{Dlm, LockId, Mode, NodeId};
 
 /// Whether the node lock lets a local request be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,7 +27,8 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::cluster::{ClusterConfig, ClusterState, DomainCluster, LvbCopy, PeerMsg};
-use super::{Action, Dlm, LvbState, Millis, NodeId};
+use super::state::LvbState;
+use super::{Action, Dlm, Millis, NodeId};
 
 pub(super) use gate::Gate;
 

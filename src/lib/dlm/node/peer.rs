@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use crate::dlm::cluster::{
     LvbCopy, MasterOut, MasterRes, NodeFailure, PeerMsg, ReportEntry, down_to, master_of,
 };
-use crate::dlm::{Dlm, Failure, Holder, LockId, LvbState, Millis, Mode, NodeId};
+use crate::dlm::state::LvbState;
+use crate::dlm::{Dlm, Failure, Holder, LockId, Millis, Mode, NodeId};
 
 /// A holder on another node, as shown to clients ("held EX by node 2 pid 7").
 fn remote_holder(node: NodeId, mode: Mode, pid: i32) -> Holder {

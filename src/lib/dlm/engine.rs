@@ -4,7 +4,8 @@
 //! deadline handed back to the caller.
 //!
 //! May depend on: the core's types and records, the request handlers,
-//! the queues, the cluster layer (`node`).
+//! the queues, the cluster layer (`node`: peer input, connections,
+//! deaths, retries) and its configuration.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

@@ -3,7 +3,7 @@
 //! without a grant, and freeing locks, resources and domains once unused.
 //!
 //! May depend on: the core's types and records, the cluster layer's grants
-//! and membership (`node`).
+//! and membership (`node`), the node-lock record.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +49,19 @@ impl Dlm {
             .queues
             .as_deref_mut()
             .expect("a resource with locks has queues")
+    }
+
+    /// A conversion that ends without a grant: the lock keeps its mode.
+    pub(super) fn finish_failed_convert(&mut self, id: LockId, failure: Failure) {
+        let l = self.locks.get_mut(&id).expect("exists");
+        l.requested = None;
+        l.noqueue = false;
+        l.remote = false;
+        let to = l.requester.take();
+        if let Some(c) = to.and_then(|c| self.clients.get_mut(&c)) {
+            c.pending.remove(&id);
+        }
+        self.event(to, Event::Failed { lock: id, failure });
     }
 
     /// A request now queued: arm its timeout, tell it who blocks it, tell

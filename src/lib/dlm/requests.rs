@@ -416,19 +416,6 @@ impl Dlm {
         Ok(())
     }
 
-    /// A conversion that ends without a grant: the lock keeps its mode.
-    pub(super) fn finish_failed_convert(&mut self, id: LockId, failure: Failure) {
-        let l = self.locks.get_mut(&id).expect("exists");
-        l.requested = None;
-        l.noqueue = false;
-        l.remote = false;
-        let to = l.requester.take();
-        if let Some(c) = to.and_then(|c| self.clients.get_mut(&c)) {
-            c.pending.remove(&id);
-        }
-        self.event(to, Event::Failed { lock: id, failure });
-    }
-
     fn unlock(
         &mut self,
         client: ClientId,

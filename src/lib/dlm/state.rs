@@ -3,7 +3,7 @@
 //! client connections. Records only, with the few questions they answer
 //! about themselves; [`Dlm`](super::Dlm) changes them.
 //!
-//! May depend on: std and the core's types.
+//! May depend on: std, the core's types, the node-lock record (`cluster`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, DefaultHasher, Hasher};

@@ -3,7 +3,8 @@
 //! in every domain it was in), and a dead node's new incarnation believed
 //! once recovery no longer needs the old one.
 //!
-//! May depend on: the membership and rebuild handlers, the cluster types.
+//! May depend on: the helpers in `node/mod.rs`, the membership handlers,
+//! the cluster types.
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,8 @@
 //! making the node lock follow what the local queues need (up for a
 //! request, down when another node waits).
 //!
-//! May depend on: the engine's queues and grants, the cluster types.
+//! May depend on: the helpers in `node/mod.rs`, the queues and grants,
+//! the cluster types.
 
 use crate::dlm::cluster::{NodeLock, PeerMsg, cover_all, covers, down_to, master_of};
 use crate::dlm::queues::compatible_with_holders;

@@ -3,7 +3,7 @@
 //! approving others' changes, retries with backoff, sending the freeze,
 //! and the end of a change once every new member is ready.
 //!
-//! May depend on: the engine, the rebuild and connection handlers, the
+//! May depend on: the helpers in `node/mod.rs`, the engine's replies, the
 //! cluster types.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,8 +4,9 @@
 //! Also the entry point for every peer message, which hands membership
 //! messages on.
 //!
-//! May depend on: the engine's queues and grants, the node locks, the
-//! membership and rebuild handlers, the cluster types.
+//! May depend on: the helpers in `node/mod.rs`, the queues and grants, the
+//! node locks (`gate`), the membership and rebuild handlers, the cluster
+//! types.
 
 use std::collections::BTreeSet;
 

@@ -3,8 +3,8 @@
 //! have been); once every report is in, the masters this node rebuilds,
 //! and the node running again at the new epoch.
 //!
-//! May depend on: the engine's queues and grants, the peer, membership and
-//! connection handlers, the cluster types.
+//! May depend on: the helpers in `node/mod.rs`, the queues and grants, the
+//! peer, membership and connection handlers, the cluster types.
 
 use std::collections::{BTreeMap, BTreeSet};
 

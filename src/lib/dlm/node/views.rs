@@ -2,7 +2,7 @@
 //! resource's master and node locks), the simulator's invariant checks,
 //! and debug strings.
 //!
-//! May depend on: the cluster types.
+//! May depend on: the helpers in `node/mod.rs`, the cluster types.
 
 use crate::dlm::cluster::{DomainView, LvbCopy, NodeHolder, NodeView, master_of};
 use crate::dlm::{Dlm, Mode, NodeId};

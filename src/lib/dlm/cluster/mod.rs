@@ -27,8 +27,11 @@
 //!   is removed from every domain by a membership change that does not wait
 //!   for its report; masters are rebuilt from the survivors, and value
 //!   blocks it may have written are flagged invalid. A disconnected node
-//!   only delays what needs it: a lost connection is not a death. Quorum
-//!   and fencing are not here yet.
+//!   only delays what needs it: a lost connection is not a death. Whether
+//!   a node that cannot reach the others keeps its locks is decided outside
+//!   the core (`quorum`); a node that loses quorum is fenced
+//!   ([`super::Input::Fence`]): it takes every lock back and leaves every
+//!   domain before the others are told it is dead.
 //!
 //! # Files
 //!

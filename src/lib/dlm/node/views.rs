@@ -42,10 +42,8 @@ impl Dlm {
             .collect()
     }
 
-    /// The master of `d/r` and every node's node lock there, when this node
-    /// masters it.
-    /// (master, every node's node lock, the master's value block) of a
-    /// resource, as far as this node knows.
+    /// The master of `d/r` as far as this node knows; when this node masters
+    /// it, also every node's node lock there and the master's value block.
     pub(in crate::dlm) fn cluster_resource_view(
         &self,
         d: &[u8],

@@ -3,6 +3,10 @@
 //! thread and lockd's messages from the reader thread, feeds them to the
 //! core, and carries out what the core says: requests written to lockd,
 //! replies sent to the kernel, poll notifications.
+//!
+//! May depend on: `state`, `link` (below it: the engine owns the
+//! connection and tells the reader where to deliver), `client`, `proto`,
+//! fuser.
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
@@ -18,7 +22,7 @@ use fuser::{
 use crate::client::ConnectOptions;
 use crate::proto::ServerMsg;
 
-use super::link::{self, Link};
+use super::link::{self, FromLockd, Link};
 use super::state::{Answer, Attr, Core, FsOp, Kind, Output, Token};
 
 /// How long the kernel may cache names and attributes. Every change goes
@@ -153,6 +157,22 @@ pub(crate) enum Input {
     },
     /// Give everything back and stop; the sender is told when done.
     Shutdown(Sender<()>),
+}
+
+/// Where the lockd reader of connection `generation` hands what it reads:
+/// to the engine, as [`Input::Lockd`] and finally [`Input::LockdGone`].
+/// False once the engine is gone.
+pub(crate) fn from_lockd(
+    tx: Sender<Input>,
+    generation: u64,
+) -> impl FnMut(FromLockd) -> bool + Send + 'static {
+    move |m| {
+        let input = match m {
+            FromLockd::Msg(msg) => Input::Lockd { generation, msg },
+            FromLockd::Gone(why) => Input::LockdGone { generation, why },
+        };
+        tx.send(input).is_ok()
+    }
 }
 
 /// The engine's state.
@@ -308,9 +328,8 @@ impl Engine {
         match link::connect(&self.connect, false) {
             Ok(c) => {
                 self.generation += 1;
-                if let Err(e) =
-                    link::spawn_reader(c.reader, c.leftover, self.generation, self.tx.clone())
-                {
+                let deliver = from_lockd(self.tx.clone(), self.generation);
+                if let Err(e) = link::spawn_reader(c.reader, c.leftover, deliver) {
                     tracing::warn!("cannot start the lockd reader: {e}");
                     return;
                 }

@@ -1,16 +1,17 @@
 //! The mount's connection to lockd: connecting (with autostart), the hello,
 //! writing tagged requests, and the reader thread that hands every message
-//! to the engine.
+//! on.
+//!
+//! May depend on: `client`, `proto`, std. It knows nothing of the engine:
+//! the reader hands what it reads to the function it is given, and the
+//! engine (which owns the [`Link`]) decides where that goes.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use crate::client::{Client, ClientError, ConnectOptions};
 use crate::proto::{self, ClientMsg, ClientRequest, PROTOCOL_VERSION, ServerMsg};
-
-use super::engine::Input;
 
 /// How long lockd may take to answer the hello, or to take a write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,13 +131,22 @@ impl Link {
     }
 }
 
-/// Reads lockd's messages until the connection ends and hands them to the
-/// engine, tagged with the connection's generation.
+/// What the reader thread hands on.
+#[derive(Debug)]
+pub(crate) enum FromLockd {
+    /// A message from lockd.
+    Msg(ServerMsg),
+    /// The connection ended (the last thing handed on), and why.
+    Gone(String),
+}
+
+/// Reads lockd's messages until the connection ends and hands each one,
+/// then the end, to `deliver`; stops early once `deliver` returns false
+/// (nobody listens any more).
 pub(crate) fn spawn_reader(
     mut stream: UnixStream,
     mut buf: Vec<u8>,
-    generation: u64,
-    tx: Sender<Input>,
+    mut deliver: impl FnMut(FromLockd) -> bool + Send + 'static,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("dlmfs-lockd".into())
@@ -147,16 +157,13 @@ pub(crate) fn spawn_reader(
                     match proto::decode_server(&buf) {
                         Ok(Some((msg, used))) => {
                             buf.drain(..used);
-                            if tx.send(Input::Lockd { generation, msg }).is_err() {
+                            if !deliver(FromLockd::Msg(msg)) {
                                 return;
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            let _ = tx.send(Input::LockdGone {
-                                generation,
-                                why: format!("protocol error: {e}"),
-                            });
+                            deliver(FromLockd::Gone(format!("protocol error: {e}")));
                             return;
                         }
                     }
@@ -168,7 +175,7 @@ pub(crate) fn spawn_reader(
                     Err(e) => break format!("reading from lockd: {e}"),
                 }
             };
-            let _ = tx.send(Input::LockdGone { generation, why });
+            deliver(FromLockd::Gone(why));
         })?;
     Ok(())
 }

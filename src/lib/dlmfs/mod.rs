@@ -251,8 +251,12 @@ pub fn run(opts: &DlmfsOptions) -> Result<(), DlmfsError> {
 
     let conn = link::connect(&opts.connect, true)?;
     let (tx, rx) = mpsc::channel();
-    link::spawn_reader(conn.reader, conn.leftover, 1, tx.clone())
-        .map_err(|e| DlmfsError::Setup(e.to_string()))?;
+    link::spawn_reader(
+        conn.reader,
+        conn.leftover,
+        engine::from_lockd(tx.clone(), 1),
+    )
+    .map_err(|e| DlmfsError::Setup(e.to_string()))?;
     let euid = nix::unistd::geteuid();
     let core = state::Core::new(state::CoreConfig {
         exclusive: opts.mount.exclusive,

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use super::*;
-use crate::dlm::{Action, ClientId, Cred, Dlm, Input, Millis, NodeId};
+use crate::dlm::{
+    Action, ClientId, Cred, Dlm, Event, Input, LockFlags, LockRequest, Millis, Mode, NodeId, Reply,
+};
+use crate::proto::{ServerMsg, ServerReply};
 
 const ME: ClientId = ClientId(1);
 const OTHER: ClientId = ClientId(2);

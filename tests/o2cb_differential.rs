@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{bin, output, shared};
+use common::{bin, data, output};
 
 const REAL_O2CB: &str = "/usr/sbin/o2cb";
 
@@ -338,7 +338,7 @@ fn seeds(var_count: &str, default: u64) -> Vec<u64> {
 fn random_command_sequences_match_the_real_o2cb() {
     let real = real_o2cb();
     let ours = bin("o2cb");
-    let base = fs::read(shared().join("conformance/o2cb/errors/base.cluster.conf")).unwrap();
+    let base = fs::read(data("o2cb/errors/base.cluster.conf")).unwrap();
     let seeds = seeds("O2CB_DIFF_SEQUENCES", 200);
     for &seed in &seeds {
         let mut r = Rng(seed);

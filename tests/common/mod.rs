@@ -11,17 +11,10 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// The shared reference material, beside the repository (or `$O2TOOLS_SHARED`).
-pub fn shared() -> PathBuf {
-    let p = std::env::var_os("O2TOOLS_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    assert!(
-        p.join("conformance").is_dir(),
-        "reference material not found at {} (clone ../shared beside the repository or set O2TOOLS_SHARED)",
-        p.display()
-    );
-    p
+/// A file or directory under `tests/data` (captures of the real tools; see
+/// `tests/data/README.md`).
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
 }
 
 /// Path of one of our binaries, built by cargo for the tests.

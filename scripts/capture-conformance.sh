@@ -63,9 +63,8 @@ esac
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 data=$repo/tests/data
-[ -d "$data/o2cb" ] || die "no $data/o2cb"
-
 [ "$(id -u)" = 0 ] || die "needs root (loop device, mount namespace): run it as root"
+[ -d "$data/o2cb" ] || die "no $data/o2cb"
 real_o2cb=$(dpkg -L ocfs2-tools 2>/dev/null | grep -m1 '/s\{0,1\}bin/o2cb$' || true)
 [ -n "$real_o2cb" ] && [ -x "$real_o2cb" ] ||
     die "needs the real o2cb: apt-get install -y ocfs2-tools kmod"

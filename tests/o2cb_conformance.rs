@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{LoopVolume, bin, data, is_root, output};
+use common::{LoopVolume, bin, data, output, require_root};
 
 /// Cases where we deliberately differ (docs/COMPATIBILITY.md), with what we
 /// do instead, checked below.
@@ -81,13 +81,9 @@ fn run_case(case: &Path, cmd: &str, bindir: &Path) -> Run {
     let uses_default_file = !cmd.starts_with("o2cb --config-file");
     let etc = tempfile::tempdir().unwrap();
     let mut c = if uses_default_file {
-        assert!(
-            is_root(),
-            "{}: reads /etc/ocfs2/cluster.conf and needs a private mount namespace (root, as in CI)",
-            case.display()
-        );
+        require_root("a private mount namespace for the cases that read /etc/ocfs2/cluster.conf");
         fs::create_dir_all("/etc/ocfs2").unwrap();
-        let mut c = Command::new("unshare");
+        let mut c = Command::new(common::require_program("unshare", "util-linux"));
         c.args([
             "-m",
             "sh",

@@ -49,7 +49,7 @@ fn real_o2cb() -> &'static Path {
     let p = Path::new(REAL_O2CB);
     assert!(
         p.is_file(),
-        "the real o2cb is needed: apt-get install -y ocfs2-tools (as .ci/run does)"
+        "needs the real o2cb ({REAL_O2CB}): apt-get install -y ocfs2-tools, as .ci/run does"
     );
     p
 }

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{bin, code_of, is_root, json, output, run_bounded, wait_for, write_cluster_conf};
+use common::{bin, code_of, json, output, run_bounded, wait_for, write_cluster_conf};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use o2tools::dlm::{NodeId, master_of};
@@ -92,20 +92,8 @@ fn netns_list() -> Vec<String> {
 
 /// These tests need root and `ip`: a clear failure otherwise.
 fn require_root_and_ip() {
-    assert!(
-        is_root(),
-        "tests/partition.rs creates network namespaces and veth pairs: it must run as root"
-    );
-    let ok = Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "tests/partition.rs needs iproute2's `ip` on PATH: apt-get install -y iproute2"
-    );
+    common::require_root("network namespaces");
+    common::require_program("ip", "iproute2");
 }
 
 /// Namespaces left by a test process that was killed before it could clean

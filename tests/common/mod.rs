@@ -1,11 +1,14 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -306,6 +309,35 @@ pub fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Every process started by [`run_bounded`] and the cluster harness and
+/// not reaped yet, by pid (a process group when true).
+static LIVE: Mutex<Vec<(i32, bool)>> = Mutex::new(Vec::new());
+
+pub(crate) fn track(pid: i32, group: bool) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((pid, group));
+}
+
+pub(crate) fn untrack(pid: i32) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&(p, _)| p != pid);
+}
+
+/// SIGKILL to every tracked process (or group): for a panic hook where a
+/// panic aborts (a bench built with `panic = "abort"` runs no destructor).
+pub fn kill_tracked() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pid, group) in live {
+        let _ = if group {
+            killpg(Pid::from_raw(pid), Signal::SIGKILL)
+        } else {
+            nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL)
+        };
+    }
+}
+
 /// Runs `cmd` in its own process group with the output captured; kills the
 /// group and panics if it does not finish within `secs`.
 pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
@@ -316,6 +348,8 @@ pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    track(pid, true);
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let to = std::thread::spawn(move || {
@@ -331,11 +365,13 @@ pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
+            untrack(pid);
             break st;
         }
         if Instant::now() > deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = child.wait();
+            untrack(pid);
             let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
             panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
         }

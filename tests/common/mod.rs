@@ -43,6 +43,7 @@ pub fn is_root() -> bool {
 
 /// Fails the test, in one line, unless it runs as root; `why` names what
 /// needs it ("loop devices").
+#[track_caller]
 pub fn require_root(why: &str) {
     assert!(
         is_root(),
@@ -60,6 +61,7 @@ pub fn output(cmd: &mut Command) -> Output {
 /// The full path of `prog`, found on PATH or in /usr/sbin or /sbin (which
 /// a user's PATH may lack); fails the test, in one line naming the package
 /// to install, when it is not there.
+#[track_caller]
 pub fn require_program(prog: &str, package: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
@@ -103,6 +105,7 @@ pub fn copy_for_others(program: &Path) -> Reachable {
 
 /// Makes `cmd` run as user and group `id` (no supplementary groups), in
 /// `/`: a directory it can enter whatever the test's own is. Root only.
+#[track_caller]
 pub fn as_user(cmd: &mut Command, id: u32) -> &mut Command {
     require_root("acting as another user");
     cmd.uid(id).gid(id).current_dir("/")

@@ -7,8 +7,9 @@
 //! `-- --keep` keeps the logs). `RECOVERYBENCH_LOCKD=PATH` measures another
 //! lockd build with the same bench binary (A/B of a patch).
 //!
-//! Setup, as in `tests/cluster.rs`: a three-node cluster on 127.0.0.1, .2
-//! and .3 (one free port), written with our `o2cb`, global heartbeat on a
+//! Setup, with the harness of `tests/cluster.rs` (`tests/common/cluster.rs`):
+//! a three-node cluster on 127.0.0.1, .2 and .3 (one port, derived from the
+//! pid and checked free), written with our `o2cb`, global heartbeat on a
 //! 1 MiB file formatted by `hb_ctl format --no-autostart`, and the settings
 //! `[heartbeat] interval_ms = 1000, dead_threshold = 3` (dead time 3000 ms),
 //! `[network] idle_timeout_ms = 30000, keepalive_delay_ms = 1000,
@@ -59,21 +60,14 @@
 //! on and the bench exits 1.
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{code_of, json, wait_for, write_cluster_conf};
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-use o2tools::client::Client;
+use common::cluster::{Cluster, Heartbeat, Spec};
+use common::wait_for;
 use o2tools::dlm::{NodeId, master_of};
 use serde_json::Value;
 
@@ -95,406 +89,27 @@ const GRANT_S: u64 = 60;
 const VICTIM: usize = 0;
 const WAITER: usize = 1;
 
-// ---------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------
-
-/// Every process this bench started and has not reaped, by pid (a process
-/// group when true): killed by the panic hook, since the release profile
-/// may abort on a panic without running the Drop guards.
-static LIVE: Mutex<Vec<(i32, bool)>> = Mutex::new(Vec::new());
-
-fn track(pid: i32, group: bool) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((pid, group));
-}
-
-fn untrack(pid: i32) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|&(p, _)| p != pid);
-}
-
-fn kill_tracked() {
-    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
-    for (pid, group) in live {
-        let _ = if group {
-            killpg(Pid::from_raw(pid), Signal::SIGKILL)
-        } else {
-            kill(Pid::from_raw(pid), Signal::SIGKILL)
-        };
-    }
-}
-
-/// A process, killed (with its process group when `group`) and reaped when
-/// dropped, unless it was already reaped.
-struct Proc {
-    child: Child,
-    group: bool,
-    reaped: bool,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, group: bool) -> Proc {
-        if group {
-            cmd.process_group(0);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        track(child.id() as i32, group);
-        Proc {
-            child,
-            group,
-            reaped: false,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        let st = self.child.try_wait().unwrap();
-        if st.is_some() {
-            self.reaped = true;
-            untrack(self.pid());
-        }
-        st
-    }
-
-    /// SIGKILL (of the process only) and reap.
-    fn kill9(&mut self) {
-        if !self.reaped {
-            kill(Pid::from_raw(self.pid()), Signal::SIGKILL).unwrap();
-            let _ = self.child.wait();
-            self.reaped = true;
-            untrack(self.pid());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        let pid = Pid::from_raw(self.pid());
-        let _ = if self.group {
-            killpg(pid, Signal::SIGKILL)
-        } else {
-            kill(pid, Signal::SIGKILL)
-        };
-        let _ = self.child.wait();
-        untrack(self.pid());
-    }
-}
-
-/// Runs `cmd` in its own process group with its output captured; kills the
-/// group and panics if it does not finish within `secs`.
-fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut p = Proc::spawn(cmd, true);
-    let mut so = p.child.stdout.take().unwrap();
-    let mut se = p.child.stderr.take().unwrap();
-    let to = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = so.read_to_end(&mut s);
-        s
-    });
-    let te = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = se.read_to_end(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(st) = p.try_wait() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            drop(p);
-            let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
-            panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let out = String::from_utf8_lossy(&to.join().unwrap()).into_owned();
-    let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
-    (code_of(status), out, err)
-}
-
 fn lockd_bin() -> PathBuf {
     std::env::var_os("RECOVERYBENCH_LOCKD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockd")))
+        .unwrap_or_else(|| common::bin("lockd"))
 }
 
-/// A port free on the addresses of all the nodes.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        if (2..=NODES).all(|k| TcpListener::bind((Ipv4Addr::new(127, 0, 0, k), port)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no port free on 127.0.0.1 to 127.0.0.{NODES}");
-}
-
-// ---------------------------------------------------------------------
-// The cluster
-// ---------------------------------------------------------------------
-
-/// One configured node and, while it runs, its lockd.
-struct Node {
-    name: String,
-    number: u8,
-    socket: PathBuf,
-    log: PathBuf,
-    lockd: Option<Proc>,
-}
-
-/// Three lockd on loopback with a shared heartbeat file; every process is
-/// killed by pid when dropped. The directory is kept when `keep` is set.
-struct Cluster {
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    conf: PathBuf,
-    settings: PathBuf,
-    port: u16,
-    nodes: Vec<Node>,
-    keep: bool,
-}
-
-impl Cluster {
-    /// Writes cluster.conf (with our o2cb), the heartbeat file and the
-    /// settings; starts nothing.
-    fn configure() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("recoverybench.")
-            .tempdir()
-            .unwrap();
-        let path = dir.path().to_owned();
-        let port = free_port();
-        let addrs: Vec<String> = (1..=NODES).map(|k| format!("127.0.0.{k}")).collect();
-        let conf = write_cluster_conf(&path, CLUSTER, &addrs, port, true);
-        let nodes = (1..=NODES)
-            .map(|k| {
-                let name = format!("node{k}");
-                Node {
-                    socket: path.join(format!("{name}.sock")),
-                    log: path.join(format!("{name}.log")),
-                    name,
-                    number: k,
-                    lockd: None,
-                }
-            })
-            .collect();
-        let settings = path.join("lockd.toml");
-        std::fs::write(
-            &settings,
-            format!(
-                "[heartbeat]\ninterval_ms = {INTERVAL_MS}\ndead_threshold = {DEAD_THRESHOLD}\n\
-                 [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
-                 reconnect_delay_ms = 200\n"
-            ),
-        )
-        .unwrap();
-        Cluster {
-            dir: Some(dir),
-            path,
-            conf,
-            settings,
-            port,
-            nodes,
-            keep: false,
-        }
-    }
-
-    /// Starts node `i`'s lockd (appending to its log, with a marker line).
-    fn start_lockd(&mut self, i: usize, why: &str) {
-        let n = &self.nodes[i];
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .unwrap();
-        writeln!(
-            log,
-            "==== recoverybench: lockd of {} started: {why}",
-            n.name
-        )
-        .unwrap();
-        let mut cmd = Command::new(lockd_bin());
-        cmd.arg("--socket")
-            .arg(&n.socket)
-            .arg("--settings")
-            .arg(&self.settings)
-            .arg("--config")
-            .arg(&self.conf)
-            .args(["--cluster", CLUSTER, "--node", &n.name])
-            .env_remove("LOCKD_SETTINGS")
-            .env_remove("LOCKD_SOCKET")
-            .env(
-                "RUST_LOG",
-                "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.nodes[i].lockd = Some(Proc::spawn(&mut cmd, false));
-        self.wait_answers(i);
-    }
-
-    /// SIGKILL of node `i`'s lockd, reaped.
-    fn kill9(&mut self, i: usize) {
-        self.nodes[i].lockd.take().expect("running").kill9();
-    }
-
-    fn wait_answers(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
-        loop {
-            if let Some(st) = self.nodes[i].lockd.as_mut().unwrap().try_wait() {
-                panic!(
-                    "lockd of {} exited ({st}); log:\n{}",
-                    self.nodes[i].name,
-                    self.log_tail(i, 80)
-                );
-            }
-            if self.run(i, &["status"]).0 == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lockd of {} does not answer; log:\n{}",
-                self.nodes[i].name,
-                self.log_tail(i, 80)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until every running node sees every other one connected with
-    /// a live heartbeat.
-    fn wait_settled(&self) {
-        for i in 0..self.nodes.len() {
-            wait_for(
-                &format!("{} sees every node connected and live", self.nodes[i].name),
-                WAIT_S,
-                || {
-                    self.status(i)["nodes"].as_array().is_some_and(|ns| {
-                        ns.len() == self.nodes.len()
-                            && ns.iter().all(|x| {
-                                x["local"] == true
-                                    || (x["connected"] == true && x["heartbeat"] == true)
-                            })
-                    })
-                },
-            );
-        }
-    }
-
-    fn log_tail(&self, i: usize, lines: usize) -> String {
-        let log = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// dlmctl against node `i` (0-based): its socket, no autostart.
-    fn dlmctl(&self, i: usize) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dlmctl"));
-        c.env("LOCKD_SOCKET", &self.nodes[i].socket)
-            .env("LOCKD_NO_AUTOSTART", "1")
-            .env("O2CB_CONFIG_FILE", &self.conf)
-            .env_remove("DLM_DOMAIN")
-            .env_remove("DLM_RESOURCE")
-            .env_remove("DLM_LOCK_ID")
-            .env_remove("DLM_MODE");
-        c
-    }
-
-    /// Runs dlmctl on node `i`; (status, stdout, stderr).
-    fn run(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        run_bounded(self.dlmctl(i).args(args), CMD_S)
-    }
-
-    /// Runs dlmctl on node `i` and requires exit status 0; its stdout.
-    fn ok(&self, i: usize, args: &[&str]) -> String {
-        let (code, out, err) = self.run(i, args);
-        assert_eq!(code, 0, "dlmctl {args:?} on {}: {err}", self.nodes[i].name);
-        out
-    }
-
-    /// Starts dlmctl on node `i` in the background, in its own process
-    /// group, with no output.
-    fn spawn(&self, i: usize, args: &[&str]) -> Proc {
-        let mut c = self.dlmctl(i);
-        c.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Proc::spawn(&mut c, true)
-    }
-
-    fn status(&self, i: usize) -> Value {
-        json(&self.ok(i, &["status", "--json"]))
-    }
-
-    /// Node `i`'s view of the resource in `dlmctl locks --json DOMAIN`.
-    fn resource(&self, i: usize, resource: &str) -> Option<Value> {
-        let v = json(&self.ok(i, &["locks", "--json", DOMAIN]));
-        v["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["domain"] == DOMAIN && r["name"] == resource)
-            .cloned()
-    }
-
-    /// Node `i`'s members of the domain (empty if it is not in it).
-    fn members_seen(&self, i: usize) -> Vec<NodeId> {
-        let Ok(mut c) = Client::connect(&self.nodes[i].socket) else {
-            return Vec::new();
-        };
-        let _ = c.set_timeout(Some(Duration::from_secs(CMD_S)));
-        c.domains()
-            .unwrap_or_default()
-            .into_iter()
-            .find(|d| d.name == DOMAIN.as_bytes())
-            .map(|d| d.members)
-            .unwrap_or_default()
-    }
-
-    fn members(&self) -> BTreeSet<NodeId> {
-        self.nodes.iter().map(|n| NodeId(n.number)).collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            n.lockd = None;
-        }
-        if std::thread::panicking() {
-            for i in 0..self.nodes.len() {
-                eprintln!(
-                    "---- end of {}'s log (port {}) ----",
-                    self.nodes[i].name, self.port
-                );
-                eprintln!("{}", self.log_tail(i, 60));
-            }
-            self.keep = true;
-        }
-        if self.keep {
-            if let Some(d) = self.dir.take() {
-                eprintln!("recoverybench: logs kept in {}", d.keep().display());
-            }
-        }
-    }
+/// Three lockd on loopback with a shared heartbeat file (the test harness's
+/// cluster, `tests/common/cluster.rs`), configured, not started.
+fn configure() -> Cluster {
+    Spec::new(CLUSTER, NODES, Heartbeat::Global)
+        .settings(format!(
+            "[heartbeat]\ninterval_ms = {INTERVAL_MS}\ndead_threshold = {DEAD_THRESHOLD}\n\
+             [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
+             reconnect_delay_ms = 200\n"
+        ))
+        .bounds(WAIT_S, CMD_S)
+        .lockd(lockd_bin())
+        .log_lines(60)
+        .dir_prefix("recoverybench.")
+        .keep_on_failure()
+        .configure()
 }
 
 // ---------------------------------------------------------------------
@@ -540,22 +155,22 @@ fn one_run(
         wait_for(
             &format!("{} lists all nodes in {DOMAIN}", c.nodes[i].name),
             WAIT_S,
-            || c.members_seen(i) == want,
+            || c.domain_members(i, DOMAIN) == want,
         );
     }
     let r = name_mastered_by(k, master, &members);
     c.ok(VICTIM, &["lock", "--ex", DOMAIN, &r]);
-    let mut waiter = c.spawn(WAITER, &["lock", "--ex", DOMAIN, &r, "--", "true"]);
+    let waiter = c.spawn(WAITER, &["lock", "--ex", DOMAIN, &r, "--", "true"]);
     let mut lockd_master = None;
     wait_for("node 2's request waits", WAIT_S, || {
-        let Some(res) = c.resource(WAITER, &r) else {
+        let Some(res) = c.resource(WAITER, DOMAIN, &r) else {
             return false;
         };
         lockd_master = res["master"].as_u64();
         res["waiting"].as_array().is_some_and(|w| !w.is_empty())
     });
-    if let Some(st) = waiter.try_wait() {
-        panic!("the waiter exited ({st}) before the kill");
+    if let Some((code, _)) = waiter.exited() {
+        panic!("the waiter exited ({code}) before the kill");
     }
 
     // A random phase of the kill against the heartbeat ticks.
@@ -565,8 +180,8 @@ fn one_run(
     c.kill9(VICTIM);
     let deadline = t0 + Duration::from_secs(GRANT_S);
     let outcome = loop {
-        if let Some(st) = waiter.try_wait() {
-            break Ok((t0.elapsed(), code_of(st)));
+        if let Some((code, _)) = waiter.exited() {
+            break Ok((t0.elapsed(), code));
         }
         if Instant::now() > deadline {
             break Err(());
@@ -586,7 +201,7 @@ fn one_run(
             );
             eprintln!(
                 "node 2 locks: {}",
-                c.resource(WAITER, &r).unwrap_or(Value::Null)
+                c.resource(WAITER, DOMAIN, &r).unwrap_or(Value::Null)
             );
             eprintln!("node 2 status: {}", c.status(WAITER));
             for i in 0..c.nodes.len() {
@@ -603,7 +218,7 @@ fn one_run(
     random_sleep(&mut jitter);
     let wall1 = unix_now();
     let t1 = Instant::now();
-    c.start_lockd(VICTIM, &format!("restart after run {}", k + 1));
+    c.start_node(VICTIM, &format!("restart after run {}", k + 1));
     wait_for("node 2 sees node 1 connected and live", WAIT_S, || {
         c.status(WAITER)["nodes"].as_array().is_some_and(|ns| {
             ns.iter()
@@ -709,12 +324,12 @@ fn main() {
             default(info);
             // With panic = abort the guards never run: kill what they own.
             // (When unwinding, the guards then reap these.)
-            kill_tracked();
+            common::kill_tracked();
         })
     });
     let started = Instant::now();
 
-    let mut c = Cluster::configure();
+    let mut c = configure();
     c.keep = args.iter().any(|a| a == "--keep");
     println!(
         "recoverybench ({runs} runs{}): {NODES} lockd on 127.0.0.1..{NODES}:{}, global heartbeat on a file,",
@@ -727,7 +342,7 @@ fn main() {
         lockd_bin().display()
     );
     for i in 0..c.nodes.len() {
-        c.start_lockd(i, "first start");
+        c.start_node(i, "first start");
     }
     c.wait_settled();
     println!(

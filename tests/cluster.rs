@@ -5,7 +5,8 @@
 //! node's lockd (shared heartbeat file, short dead time).
 //!
 //! Each test writes its own cluster.conf with our `o2cb` in a temporary
-//! directory and picks a port from the test process's pid. Every bound is
+//! directory and picks a port from the test process's pid (the harness in
+//! `tests/common/cluster.rs`). Every bound is
 //! generous (a shared 2-CPU machine is slow to wake); a dlmctl that hangs is
 //! killed and fails the test instead of hanging it. lockd and background
 //! dlmctl processes are killed by pid (or process group) when the test ends,
@@ -14,19 +15,17 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{bin, code_of, json, run_bounded, wait_for, write_cluster_conf};
+use common::cluster::{Cluster, Heartbeat, Spec, pick_port};
+use common::{bin, code_of, json, run_bounded, wait_for};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use o2tools::dlm::{NodeId, master_of};
-use serde_json::Value;
+use o2tools::dlm::master_of;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -41,389 +40,26 @@ const WAIT_S: u64 = 60;
 const CMD_S: u64 = 90;
 const CLUSTER: &str = "testc";
 
-/// A port for this test: derived from the pid (below the ephemeral range),
-/// a new one for every cluster of this process, and free on the addresses
-/// of `nodes` nodes right now.
-fn pick_port(nodes: u8) -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 10_000 + (std::process::id() % 1000) as u16 * 20;
-    for _ in 0..200 {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
-        let free = (1..=nodes).all(|k| {
-            std::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, k), p)).is_ok()
-        });
-        if free {
-            return p;
-        }
-    }
-    panic!("no free port near {base}");
+/// The settings of most tests: a long dead time and idle timeout (no test
+/// using them kills a node, and a busy machine must not make a live one look
+/// dead).
+const SETTINGS: &str = "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 30\n\
+     [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
+     reconnect_delay_ms = 200\n";
+
+/// `n` nodes on 127.0.0.1..n, configured (cluster.conf written with our
+/// o2cb, a heartbeat region when global, [`SETTINGS`]), not started.
+fn configure(n: u8, hb: Heartbeat) -> Cluster {
+    Spec::new(CLUSTER, n, hb)
+        .settings(SETTINGS)
+        .bounds(WAIT_S, CMD_S)
+        .configure()
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Heartbeat {
-    /// No disk heartbeat (`heartbeat_mode = local`, no region).
-    Local,
-    /// One global region: a file formatted by `hb_ctl format`.
-    Global,
-}
-
-/// A background process (dlmctl holding or waiting for a lock) in its own
-/// process group, killed with its group when dropped.
-struct Bg {
-    child: Child,
-    what: String,
-}
-
-impl Bg {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn wait(&mut self, secs: u64) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return code_of(st);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish within {secs} s",
-                self.what
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// One configured node and, once started, its lockd.
-struct Node {
-    name: String,
-    number: u8,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// A cluster of lockd processes on loopback, killed by pid when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    settings: PathBuf,
-    port: u16,
-    nodes: Vec<Node>,
-}
-
-impl Cluster {
-    /// Writes cluster.conf (with our o2cb), a heartbeat region when global,
-    /// and the settings; starts nothing.
-    fn configure(n: u8, hb: Heartbeat) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let port = pick_port(n);
-        let addrs: Vec<String> = (1..=n).map(|k| format!("127.0.0.{k}")).collect();
-        let conf = write_cluster_conf(dir.path(), CLUSTER, &addrs, port, hb == Heartbeat::Global);
-        let nodes = (1..=n)
-            .map(|k| {
-                let name = format!("node{k}");
-                Node {
-                    socket: dir.path().join(format!("{name}.sock")),
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    number: k,
-                    child: None,
-                }
-            })
-            .collect();
-        // A long dead time and idle timeout: no test here kills a node, and a
-        // busy machine must not make a live one look dead.
-        let settings = dir.path().join("lockd.toml");
-        std::fs::write(
-            &settings,
-            "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 30\n\
-             [network]\nidle_timeout_ms = 30000\nkeepalive_delay_ms = 1000\n\
-             reconnect_delay_ms = 200\n",
-        )
-        .unwrap();
-        Cluster {
-            dir,
-            conf,
-            settings,
-            port,
-            nodes,
-        }
-    }
-
-    /// Configures and starts `n` nodes, and waits until every node answers
-    /// and sees every other one connected (and live, with a region).
-    fn start(n: u8, hb: Heartbeat) -> Cluster {
-        Cluster::launch(Cluster::configure(n, hb), hb)
-    }
-
-    /// Starts every configured node and waits as [`Cluster::start`] does.
-    fn launch(mut c: Cluster, hb: Heartbeat) -> Cluster {
-        for i in 0..c.nodes.len() {
-            let child = c.lockd(&c.nodes[i].name).spawn().unwrap();
-            c.nodes[i].child = Some(child);
-        }
-        for i in 0..c.nodes.len() {
-            c.wait_answers(i);
-        }
-        for i in 0..c.nodes.len() {
-            wait_for(
-                &format!("{} sees every node connected", c.nodes[i].name),
-                WAIT_S,
-                || {
-                    let st = c.status(i);
-                    st["nodes"].as_array().is_some_and(|ns| {
-                        ns.len() == c.nodes.len()
-                            && ns.iter().all(|x| {
-                                x["local"] == true
-                                    || (x["connected"] == true
-                                        && (hb == Heartbeat::Local || x["heartbeat"] == true))
-                            })
-                    })
-                },
-            );
-        }
-        c
-    }
-
-    /// The command that runs node `name`'s lockd, its output to its log.
-    fn lockd(&self, name: &str) -> Command {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = Command::new(bin("lockd"));
-        cmd.arg("--socket")
-            .arg(self.dir.path().join(format!("{name}.sock")))
-            .arg("--settings")
-            .arg(&self.settings)
-            .arg("--config")
-            .arg(&self.conf)
-            .args(["--cluster", CLUSTER, "--node", name])
-            .env_remove("LOCKD_SETTINGS")
-            .env_remove("LOCKD_SOCKET")
-            .env(
-                "RUST_LOG",
-                "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        cmd
-    }
-
-    /// kill -9 of node `i`'s lockd.
-    fn kill9(&mut self, i: usize) {
-        let child = self.nodes[i].child.as_mut().expect("running");
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
-        child.wait().unwrap();
-        self.nodes[i].child = None;
-    }
-
-    /// Starts node `i`'s lockd again (a new incarnation) and waits for it.
-    fn restart(&mut self, i: usize) {
-        let child = self.lockd(&self.nodes[i].name).spawn().unwrap();
-        self.nodes[i].child = Some(child);
-        self.wait_answers(i);
-    }
-
-    fn wait_answers(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
-        loop {
-            if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "lockd of {} exited ({st}); log:\n{}",
-                    self.nodes[i].name,
-                    self.log(i)
-                );
-            }
-            let (code, _, _) = run_bounded(self.dlmctl(i).args(["status"]), CMD_S);
-            if code == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lockd of {} does not answer; log:\n{}",
-                self.nodes[i].name,
-                self.log(i)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
-    }
-
-    /// dlmctl against node `i` (0-based): its socket, no autostart.
-    fn dlmctl(&self, i: usize) -> Command {
-        let mut c = Command::new(bin("dlmctl"));
-        c.env("LOCKD_SOCKET", &self.nodes[i].socket)
-            .env("LOCKD_NO_AUTOSTART", "1")
-            .env("O2CB_CONFIG_FILE", &self.conf)
-            .env_remove("DLM_DOMAIN")
-            .env_remove("DLM_RESOURCE")
-            .env_remove("DLM_LOCK_ID")
-            .env_remove("DLM_MODE");
-        c
-    }
-
-    /// Runs dlmctl on node `i`; (status, stdout, stderr).
-    fn run(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        run_bounded(self.dlmctl(i).args(args), CMD_S)
-    }
-
-    /// Runs dlmctl on node `i` and requires exit status 0; its stdout.
-    fn ok(&self, i: usize, args: &[&str]) -> String {
-        let (code, out, err) = self.run(i, args);
-        assert_eq!(code, 0, "dlmctl {args:?} on {}: {err}", self.nodes[i].name);
-        out
-    }
-
-    /// Starts dlmctl on node `i` in the background (own process group).
-    fn spawn(&self, i: usize, args: &[&str]) -> Bg {
-        let mut c = self.dlmctl(i);
-        c.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        Bg {
-            child: c.spawn().unwrap(),
-            what: format!("dlmctl {args:?} on {}", self.nodes[i].name),
-        }
-    }
-
-    fn status(&self, i: usize) -> Value {
-        json(&self.ok(i, &["status", "--json"]))
-    }
-
-    fn counter(&self, i: usize, key: &str) -> u64 {
-        let st = self.status(i);
-        st["counters"][key]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counters.{key} in dlmctl status --json: {st}"))
-    }
-
-    /// Node `i`'s view of `domain/resource` in `dlmctl locks --json`.
-    fn resource(&self, i: usize, domain: &str, resource: &str) -> Option<Value> {
-        let v = json(&self.ok(i, &["locks", "--json", domain]));
-        v["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["domain"] == domain && r["name"] == resource)
-            .cloned()
-    }
-
-    /// The local locks of node `i` on the resource in one of its queues.
-    fn local(&self, i: usize, domain: &str, resource: &str, queue: &str) -> Vec<Value> {
-        self.resource(i, domain, resource)
-            .and_then(|r| r[queue].as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// Index of the node that masters the resource, as node `i` says.
-    fn master_index(&self, i: usize, domain: &str, resource: &str) -> usize {
-        let r = self
-            .resource(i, domain, resource)
-            .unwrap_or_else(|| panic!("{domain}/{resource} unknown on node {}", i + 1));
-        let m = r["master"].as_u64().expect("a master") as u8;
-        self.nodes
-            .iter()
-            .position(|n| n.number == m)
-            .unwrap_or_else(|| panic!("master {m} is not a node"))
-    }
-
-    /// The master's entry for node `number`'s node lock, if it has one.
-    fn node_lock_at_master(&self, domain: &str, resource: &str, number: u8) -> Option<Value> {
-        // Ask a node that knows the resource (one without a lock on it may
-        // have forgotten it).
-        let m = (0..self.nodes.len())
-            .find(|&i| self.resource(i, domain, resource).is_some())
-            .map(|i| self.master_index(i, domain, resource))?;
-        let r = self.resource(m, domain, resource)?;
-        let nodes = r["nodes"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no \"nodes\" key in the master's dlmctl locks --json: {r}"));
-        nodes.iter().find(|x| x["node"] == number).cloned()
-    }
-
-    /// Node `i`'s own node lock on the resource (`node_lock`; null: none,
-    /// as when the node no longer lists the resource).
-    fn node_lock(&self, i: usize, domain: &str, resource: &str) -> Value {
-        let Some(r) = self.resource(i, domain, resource) else {
-            return Value::Null;
-        };
-        assert!(
-            r.get("node_lock").is_some(),
-            "no \"node_lock\" key in dlmctl locks --json: {r}"
-        );
-        r["node_lock"].clone()
-    }
-
-    /// Every node joins the domain (so mastery is spread over all of them).
-    fn join_all(&self, domain: &str) {
-        for i in 0..self.nodes.len() {
-            self.ok(i, &["join", domain]);
-        }
-        for i in 0..self.nodes.len() {
-            wait_for(
-                &format!("node {} lists domain {domain}", i + 1),
-                WAIT_S,
-                || {
-                    json(&self.ok(i, &["domains", "--json"]))["domains"]
-                        .as_array()
-                        .is_some_and(|ds| ds.iter().any(|d| d["name"] == domain))
-                },
-            );
-        }
-    }
-
-    fn members(&self) -> BTreeSet<NodeId> {
-        self.nodes.iter().map(|n| NodeId(n.number)).collect()
-    }
-
-    /// A resource name (`prefix` + a number) whose master over all the
-    /// nodes satisfies `want`.
-    fn resource_mastered(&self, prefix: &str, want: impl Fn(u8) -> bool) -> String {
-        let members = self.members();
-        (0..1000)
-            .map(|k| format!("{prefix}{k}"))
-            .find(|name| want(master_of(name.as_bytes(), &members).unwrap().0))
-            .expect("some name has such a master")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(child) = n.child.as_mut() {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for (i, n) in self.nodes.iter().enumerate() {
-                let log = self.log(i);
-                let tail: Vec<&str> = log.lines().rev().take(80).collect();
-                eprintln!("---- end of {}'s log (port {}) ----", n.name, self.port);
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
+/// Configures and starts `n` nodes, and waits until every node answers
+/// and sees every other one connected (and live, with a region).
+fn start(n: u8, hb: Heartbeat) -> Cluster {
+    configure(n, hb).launch()
 }
 
 /// (a) An EX lock held on node 1 makes a trylock on node 2 (and node 3)
@@ -432,12 +68,12 @@ impl Drop for Cluster {
 #[test]
 fn contention_across_nodes_names_the_holder_and_ends_with_the_release() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Global);
+    let c = start(3, Heartbeat::Global);
     let holder = c.spawn(0, &["lock", "--ex", "d", "r", "--", "sleep", "600"]);
     wait_for("node 1 holds d/r", WAIT_S, || {
         c.local(0, "d", "r", "granted")
             .iter()
-            .any(|l| l["pid"] == holder.pid())
+            .any(|l| l["pid"] == holder.pid)
     });
     for i in [1, 2] {
         let (code, _, err) = c.run(i, &["lock", "-n", "d", "r", "--", "true"]);
@@ -445,7 +81,7 @@ fn contention_across_nodes_names_the_holder_and_ends_with_the_release() {
         assert!(
             err.contains(&format!(
                 "dlmctl: busy: d/r held EX by node 1 pid {}",
-                holder.pid()
+                holder.pid
             )),
             "node {}: {err}",
             i + 1
@@ -490,18 +126,18 @@ fn contention_across_nodes_names_the_holder_and_ends_with_the_release() {
 #[test]
 fn waiters_on_different_nodes_are_granted_in_fifo_order() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Global);
+    let c = start(3, Heartbeat::Global);
     c.join_all("q");
     let id = c.ok(0, &["lock", "--ex", "q", "fifo"]);
     assert!(id.trim().parse::<u64>().is_ok(), "{id}");
-    let file = c.dir.path().join("order");
+    let file = c.path.join("order");
     let f = file.to_str().unwrap();
     let master = c.master_index(0, "q", "fifo");
     let mut waiters = Vec::new();
     for (n, i) in [1usize, 2, 0, 1, 2, 0].into_iter().enumerate() {
         let script = format!("echo node{} >> {f}", i + 1);
         waiters.push(c.spawn(i, &["lock", "--ex", "q", "fifo", "--", "sh", "-c", &script]));
-        let pid = waiters.last().unwrap().pid();
+        let pid = waiters.last().unwrap().pid;
         // Queued on its own node...
         wait_for(&format!("node {} queues its waiter", i + 1), WAIT_S, || {
             let mut q = c.local(i, "q", "fifo", "waiting");
@@ -524,7 +160,7 @@ fn waiters_on_different_nodes_are_granted_in_fifo_order() {
     assert!(!file.exists(), "nobody ran while node 1 held the lock");
     c.ok(0, &["unlock", "q", "fifo"]);
     for w in &mut waiters {
-        assert_eq!(w.wait(WAIT_S), 0, "{}", w.what);
+        assert_eq!(w.wait(WAIT_S).0, 0, "{}", w.what);
     }
     let order = std::fs::read_to_string(&file).unwrap();
     assert_eq!(order, "node2\nnode3\nnode1\nnode2\nnode3\nnode1\n");
@@ -535,7 +171,7 @@ fn waiters_on_different_nodes_are_granted_in_fifo_order() {
 #[test]
 fn value_block_written_on_one_node_is_read_on_the_others() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Local);
+    let c = start(3, Heartbeat::Local);
     assert_eq!(c.status(0)["mode"], "cluster");
     c.ok(0, &["lvb", "set", "v", "r", "written-on-node1"]);
     for i in [1, 2] {
@@ -562,7 +198,7 @@ fn value_block_written_on_one_node_is_read_on_the_others() {
 #[test]
 fn a_cached_node_lock_grants_again_without_a_message() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Global);
+    let c = start(3, Heartbeat::Global);
     c.join_all("cache");
     let res = c.resource_mastered("cached-", |m| m != 1);
     let r = res.as_str();
@@ -609,7 +245,7 @@ fn a_cached_node_lock_grants_again_without_a_message() {
 #[test]
 fn a_bast_makes_a_node_give_back_its_cached_lock() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Global);
+    let c = start(3, Heartbeat::Global);
     c.join_all("bast");
     let res = c.resource_mastered("basted-", |m| m == 3);
     let r = res.as_str();
@@ -679,21 +315,21 @@ fn a_bast_makes_a_node_give_back_its_cached_lock() {
 #[test]
 fn busy_names_a_current_holder_after_a_cached_grant() {
     let _s = serial();
-    let c = Cluster::start(3, Heartbeat::Global);
+    let c = start(3, Heartbeat::Global);
     c.join_all("p");
     c.ok(0, &["lock", "--ex", "p", "r", "--", "true"]);
     let holder = c.spawn(0, &["lock", "--ex", "p", "r", "--", "sleep", "600"]);
     wait_for("node 1 holds p/r", WAIT_S, || {
         c.local(0, "p", "r", "granted")
             .iter()
-            .any(|l| l["pid"] == holder.pid())
+            .any(|l| l["pid"] == holder.pid)
     });
     let (code, _, err) = c.run(1, &["lock", "-n", "p", "r", "--", "true"]);
     assert_eq!(code, 75, "{err}");
     assert!(
-        err.contains(&format!("by node 1 pid {}", holder.pid())),
+        err.contains(&format!("by node 1 pid {}", holder.pid)),
         "the holder is pid {}: {err}",
-        holder.pid()
+        holder.pid
     );
 }
 
@@ -701,8 +337,8 @@ fn busy_names_a_current_holder_after_a_cached_grant() {
 /// which nodes it does list.
 #[test]
 fn lockd_refuses_a_node_not_in_cluster_conf() {
-    let c = Cluster::configure(3, Heartbeat::Local);
-    let sock = c.dir.path().join("stranger.sock");
+    let c = configure(3, Heartbeat::Local);
+    let sock = c.path.join("stranger.sock");
     let (code, out, err) = run_bounded(
         Command::new(bin("lockd"))
             .arg("--socket")
@@ -988,7 +624,7 @@ fn dev_cluster_script_refuses_a_bad_node_count() {
 #[test]
 fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
     let _s = serial();
-    let c = Cluster::configure(3, Heartbeat::Global);
+    let c = configure(3, Heartbeat::Global);
     // Dead time 3 x 1000 ms.
     std::fs::write(
         &c.settings,
@@ -997,7 +633,7 @@ fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
          reconnect_delay_ms = 200\n",
     )
     .unwrap();
-    let mut c = Cluster::launch(c, Heartbeat::Global);
+    let mut c = c.launch();
     c.join_all("rec");
     // Mastered by a survivor or by node 1 itself: both must recover.
     for (k, resource) in [
@@ -1023,13 +659,13 @@ fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
         }
         c.ok(victim, &["lock", "--ex", "rec", r]);
         c.ok(victim, &["lvb", "set", "rec", r, "before the crash"]);
-        let mut waiter = c.spawn(1, &["lock", "--ex", "rec", r, "--", "true"]);
+        let waiter = c.spawn(1, &["lock", "--ex", "rec", r, "--", "true"]);
         wait_for("node 2's request waits", WAIT_S, || {
             !c.local(1, "rec", r, "waiting").is_empty()
         });
         let t0 = Instant::now();
         c.kill9(victim);
-        let code = waiter.wait(CMD_S);
+        let (code, _) = waiter.wait(CMD_S);
         let took = t0.elapsed();
         assert_eq!(code, 0, "the waiter on node 2 got the lock");
         // dead time + 2 intervals + 3 s
@@ -1078,7 +714,7 @@ fn killing_the_holders_lockd_lets_a_waiter_in_and_invalidates_the_value() {
 #[test]
 fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
     let _s = serial();
-    let c = Cluster::configure(2, Heartbeat::Global);
+    let c = configure(2, Heartbeat::Global);
     std::fs::write(
         &c.settings,
         "[heartbeat]\ninterval_ms = 1000\ndead_threshold = 3\n\
@@ -1086,7 +722,7 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
          reconnect_delay_ms = 200\nfence_grace_ms = 3000\n",
     )
     .unwrap();
-    let c = Cluster::launch(c, Heartbeat::Global);
+    let c = c.launch();
     c.join_all("fence");
     let mut holder = c.spawn(1, &["lock", "--ex", "fence", "r", "--", "sleep", "600"]);
     wait_for("node 2 holds the lock", WAIT_S, || {
@@ -1107,7 +743,7 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
     });
     // A foreign writer takes node 2's slot for a few intervals.
     let mut fencing = None;
-    let image = c.dir.path().join("heartbeat.img");
+    let image = c.path.join("heartbeat.img");
     let r = o2tools::heartbeat::region::locate(&image).unwrap();
     let mut io = o2tools::heartbeat::device::RegionIo::open(&image, &r, true).unwrap();
     let t = Instant::now();
@@ -1141,8 +777,8 @@ fn a_node_whose_heartbeat_slot_is_taken_fences_itself_and_comes_back() {
             (&mut waiter, &mut waiter_end),
         ] {
             if end.is_none() {
-                if let Some(st) = bg.child.try_wait().unwrap() {
-                    *end = Some((Instant::now(), code_of(st)));
+                if let Some((code, at)) = bg.exited() {
+                    *end = Some((at, code));
                 }
             }
         }
@@ -1207,7 +843,7 @@ fn a_silent_node_that_the_others_dial_learns_it_was_declared_dead() {
 /// lock that node `waiter` waits for; see the tests above.
 fn silent_node(victim: usize, waiter: usize) {
     let _s = serial();
-    let c = Cluster::configure(3, Heartbeat::Local);
+    let c = configure(3, Heartbeat::Local);
     let (idle, keepalive, grace) = (2000u64, 500u64, 1000u64);
     std::fs::write(
         &c.settings,
@@ -1217,20 +853,20 @@ fn silent_node(victim: usize, waiter: usize) {
         ),
     )
     .unwrap();
-    let c = Cluster::launch(c, Heartbeat::Local);
+    let c = c.launch();
     c.join_all("lease");
     let (vn, wn) = (victim + 1, waiter + 1);
     // A persistent lock of the victim, on a resource the waiter masters.
     let r = c.resource_mastered("p", |m| usize::from(m) == wn);
     c.ok(victim, &["lock", "--ex", "lease", &r]);
-    let mut w = c.spawn(waiter, &["lock", "--ex", "lease", &r, "--", "true"]);
+    let w = c.spawn(waiter, &["lock", "--ex", "lease", &r, "--", "true"]);
     wait_for(&format!("node {wn}'s request waits"), WAIT_S, || {
         !c.local(waiter, "lease", &r, "waiting").is_empty()
     });
-    let pid = Pid::from_raw(c.nodes[victim].child.as_ref().unwrap().id() as i32);
+    let pid = Pid::from_raw(c.pid(victim));
     kill(pid, Signal::SIGSTOP).unwrap();
     let t0 = Instant::now();
-    let code = w.wait(CMD_S);
+    let (code, _) = w.wait(CMD_S);
     let took = t0.elapsed();
     assert_eq!(code, 0, "node {wn} got the lock");
     // The connection drops after `idle` of silence, the lease runs out

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -28,10 +28,7 @@ fn json(s: &str) -> serde_json::Value {
 }
 
 fn require_fuse() {
-    assert!(
-        common::is_root(),
-        "the dlmfs tests mount a FUSE file system and must run as root (CI does)"
-    );
+    common::require_root("FUSE mounts");
     common::require_program("fusermount3", "fuse3");
     common::require_program("python3", "python3");
 }
@@ -73,9 +70,8 @@ struct Mount {
 
 impl Mount {
     fn start(l: &Lockd, opts: &[&str]) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
         // Other users (the permission test) must reach the mount point.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = common::dir_for_others();
         let mnt = dir.path().canonicalize().unwrap().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let log = std::fs::File::create(dir.path().join("dlmfs.log")).unwrap();
@@ -127,13 +123,14 @@ impl Mount {
         let code = format!(
             "import os, sys, errno\nM = sys.argv[1]\n{become_user}try:\n    {stmts}\n    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
         );
-        let out = output(
-            Command::new("python3")
-                .arg("-c")
-                .arg(&code)
-                .arg(&self.mnt)
-                .stdin(Stdio::null()),
-        );
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c").arg(&code).arg(&self.mnt).stdin(Stdio::null());
+        if user.is_some() {
+            // Started as root, it becomes the user itself; its working
+            // directory must be one the user can enter.
+            cmd.current_dir("/");
+        }
+        let out = output(&mut cmd);
         assert!(
             out.status.success(),
             "python failed: {}\n{code}",
@@ -256,7 +253,7 @@ impl Holder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(u) = user {
-            cmd.arg(u.to_string());
+            cmd.arg(u.to_string()).current_dir("/");
         }
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take();

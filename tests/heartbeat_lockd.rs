@@ -354,8 +354,8 @@ fn format_refuses_and_reports() {
 
 /// debugfs.ocfs2 -R hb: rows `\t   1:    1 000000006543210f 1122334455667788 b8d650d2  62000`.
 fn debugfs_hb(img: &Path) -> Vec<(u32, u8, u64, u64, u32, u32)> {
-    common::require_program("debugfs.ocfs2", "ocfs2-tools");
-    let out = output(Command::new("debugfs.ocfs2").args(["-R", "hb"]).arg(img));
+    let debugfs = common::require_program("debugfs.ocfs2", "ocfs2-tools");
+    let out = output(Command::new(debugfs).args(["-R", "hb"]).arg(img));
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -394,7 +394,7 @@ fn interop_with_a_real_ocfs2_volume() {
     assert_eq!(info["kind"], "ocfs2");
     assert_eq!(info["uuid"], common::VOLUME_UUID);
     let stat = output(
-        Command::new("debugfs.ocfs2")
+        Command::new(common::require_program("debugfs.ocfs2", "ocfs2-tools"))
             .args(["-R", "stat //heartbeat"])
             .arg(&img),
     );
@@ -477,13 +477,11 @@ fn interop_with_a_real_ocfs2_volume() {
 #[test]
 fn start_and_stop_by_uuid_find_the_block_device() {
     let _s = serial();
-    assert!(
-        common::is_root(),
-        "this test attaches a loop device and must run as root (CI does)"
-    );
+    common::require_root("loop devices");
     let dir = tempfile::tempdir().unwrap();
     let img = common::mkfs_image(dir.path());
-    let out = output(Command::new("losetup").args(["-f", "--show"]).arg(&img));
+    let losetup = common::require_program("losetup", "mount");
+    let out = output(Command::new(losetup).args(["-f", "--show"]).arg(&img));
     assert!(
         out.status.success(),
         "{}",

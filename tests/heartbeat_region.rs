@@ -6,6 +6,8 @@
 //! Needs mkfs.ocfs2 and debugfs.ocfs2 (`apt-get install -y ocfs2-tools`);
 //! fails, rather than skips, without them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,21 +17,9 @@ use o2tools::heartbeat::region::{self, FormatOptions, Region, RegionError, Regio
 
 const UUID: &str = "0C7010EBE28F45CF9B64CB60642047A8";
 
-/// Full path of an ocfs2-tools program (PATH, then the sbin directories,
-/// which a non-root PATH may lack).
+/// Full path of an ocfs2-tools program.
 fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is needed by this test and was not found: apt-get install -y ocfs2-tools"
-            )
-        })
+    common::require_program(name, "ocfs2-tools")
 }
 
 /// Makes a sparse image of `size` bytes with mkfs.ocfs2 and `args`.
@@ -407,15 +397,12 @@ struct Loop(String);
 
 impl Loop {
     fn attach(img: &Path, sector: u32) -> Loop {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test attaches loop devices and must run as root (CI does)"
-        );
-        let out = Command::new("losetup")
+        common::require_root("loop devices");
+        let out = Command::new(common::require_program("losetup", "mount"))
             .args(["-f", "--show", "-r", "-b", &sector.to_string()])
             .arg(img)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run losetup (package mount): {e}"));
+            .unwrap_or_else(|e| panic!("cannot run losetup: {e}"));
         assert!(
             out.status.success(),
             "losetup failed: {}",

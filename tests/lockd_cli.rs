@@ -368,6 +368,8 @@ fn the_command_keeps_the_lock_if_dlmctl_dies_unless_close() {
 #[test]
 fn lost_lock_stops_the_command_and_exits_4() {
     let _s = serial();
+    // Root breaks the lock.
+    common::require_root("breaking another process's lock");
     let l = Lockd::start();
     let mut c = l.dlmctl();
     c.args(["lock", "--kill-after", "1", "d", "r", "--", "sleep", "300"])
@@ -375,35 +377,28 @@ fn lost_lock_stops_the_command_and_exits_4() {
         .stderr(Stdio::piped());
     let child = c.spawn().unwrap();
     assert!(eventually(10, || held_count(&l, "r") == 1));
-    // Root breaks the lock (these tests run as root, like CI).
-    if nix::unistd::geteuid().is_root() {
-        let (_, out, _) = l.run(&["locks", "--json"]);
-        let id = json(&out)["resources"][0]["granted"][0]["id"]
-            .as_u64()
-            .unwrap();
-        // Without --id, unlock means a persistent lock, and says how to
-        // break a command's lock instead.
-        let (code, _, err) = l.run(&["unlock", "d", "r"]);
-        assert_eq!(code, 1);
-        assert!(
-            err.contains(&format!("lock {id} is held by processes")) && err.contains("--id"),
-            "{err}"
-        );
-        let (code, _, err) = l.run(&["unlock", "--id", &id.to_string(), "d", "r"]);
-        assert_eq!(code, 0, "{err}");
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(4),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("root unlocked it"));
-    } else {
-        let mut child = child;
-        child.kill().unwrap();
-        panic!("this test needs root (as in CI)");
-    }
+    let (_, out, _) = l.run(&["locks", "--json"]);
+    let id = json(&out)["resources"][0]["granted"][0]["id"]
+        .as_u64()
+        .unwrap();
+    // Without --id, unlock means a persistent lock, and says how to break a
+    // command's lock instead.
+    let (code, _, err) = l.run(&["unlock", "d", "r"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("lock {id} is held by processes")) && err.contains("--id"),
+        "{err}"
+    );
+    let (code, _, err) = l.run(&["unlock", "--id", &id.to_string(), "d", "r"]);
+    assert_eq!(code, 0, "{err}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root unlocked it"));
     // lockd going away is a lost lock too.
     let mut c = l.dlmctl();
     c.args(["lock", "--kill-after", "1", "d", "q", "--", "sleep", "300"])
@@ -454,21 +449,30 @@ fn persistent_lock_outlives_its_dlmctl_and_is_released_by_unlock() {
 
 #[test]
 fn persistent_lock_of_another_uid_needs_root() {
-    if !nix::unistd::geteuid().is_root() {
-        panic!("this test needs root (as in CI) to act as two users");
-    }
-    let l = Lockd::start();
+    common::require_root("acting as two users");
+    // uid 65534 runs a copy of dlmctl, on a socket, that it can reach.
+    let l = Lockd::start_for_others();
+    let dlmctl = common::copy_for_others(&bin("dlmctl"));
     let (code, id, _) = l.run(&["lock", "d", "r"]);
     assert_eq!(code, 0);
     // uid 65534 may not release root's lock.
-    let mut c = l.dlmctl();
-    c.args(["unlock", "d", "r"]).uid(65534).gid(65534);
+    let mut c = l.dlmctl_at(&dlmctl.path);
+    common::as_user(c.args(["unlock", "d", "r"]), 65534);
     let out = output(&mut c);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // nobody's own persistent lock: root may release it.
-    let mut c = l.dlmctl();
-    c.args(["lock", "--pr", "d", "q"]).uid(65534).gid(65534);
+    let mut c = l.dlmctl_at(&dlmctl.path);
+    common::as_user(c.args(["lock", "--pr", "d", "q"]), 65534);
     let out = output(&mut c);
     assert_eq!(
         out.status.code(),

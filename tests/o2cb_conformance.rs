@@ -1,7 +1,7 @@
 //! Runs every captured ocfs2-tools `o2cb` case against our `o2cb` and compares
 //! stdout, exit status and the resulting `cluster.conf` byte for byte.
 //!
-//! Cases live in `../shared/conformance/o2cb/{main,errors,extra,parse}`: each
+//! Cases live in `tests/data/o2cb/{main,errors,extra,parse}`: each
 //! directory with a `cmd` file is run in a scratch directory seeded with its
 //! `cluster.conf.before`. Block-device cases get a real OCFS2 image on a loop
 //! device; cases that use the default `/etc/ocfs2/cluster.conf` run in a
@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{LoopVolume, bin, is_root, output, shared};
+use common::{LoopVolume, bin, data, output, require_root};
 
 /// Cases where we deliberately differ (docs/COMPATIBILITY.md), with what we
 /// do instead, checked below.
@@ -81,13 +81,9 @@ fn run_case(case: &Path, cmd: &str, bindir: &Path) -> Run {
     let uses_default_file = !cmd.starts_with("o2cb --config-file");
     let etc = tempfile::tempdir().unwrap();
     let mut c = if uses_default_file {
-        assert!(
-            is_root(),
-            "{}: reads /etc/ocfs2/cluster.conf and needs a private mount namespace (root, as in CI)",
-            case.display()
-        );
+        require_root("a private mount namespace for the cases that read /etc/ocfs2/cluster.conf");
         fs::create_dir_all("/etc/ocfs2").unwrap();
-        let mut c = Command::new("unshare");
+        let mut c = Command::new(common::require_program("unshare", "util-linux"));
         c.args([
             "-m",
             "sh",
@@ -119,7 +115,7 @@ fn run_case(case: &Path, cmd: &str, bindir: &Path) -> Run {
 
 #[test]
 fn every_captured_o2cb_case() {
-    let root = shared().join("conformance/o2cb");
+    let root = data("o2cb");
     let mut cases = Vec::new();
     for part in ["main", "errors", "extra", "parse"] {
         case_dirs(&root.join(part), &mut cases);

@@ -19,7 +19,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{bin, output, shared};
+use common::{bin, data, output};
 
 const REAL_O2CB: &str = "/usr/sbin/o2cb";
 
@@ -49,7 +49,7 @@ fn real_o2cb() -> &'static Path {
     let p = Path::new(REAL_O2CB);
     assert!(
         p.is_file(),
-        "the real o2cb is needed: apt-get install -y ocfs2-tools (as .ci/run does)"
+        "needs the real o2cb ({REAL_O2CB}): apt-get install -y ocfs2-tools, as .ci/run does"
     );
     p
 }
@@ -338,7 +338,7 @@ fn seeds(var_count: &str, default: u64) -> Vec<u64> {
 fn random_command_sequences_match_the_real_o2cb() {
     let real = real_o2cb();
     let ours = bin("o2cb");
-    let base = fs::read(shared().join("conformance/o2cb/errors/base.cluster.conf")).unwrap();
+    let base = fs::read(data("o2cb/errors/base.cluster.conf")).unwrap();
     let seeds = seeds("O2CB_DIFF_SEQUENCES", 200);
     for &seed in &seeds {
         let mut r = Rng(seed);

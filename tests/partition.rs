@@ -22,19 +22,17 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt as _;
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{bin, code_of, is_root, json, output, run_bounded, wait_for, write_cluster_conf};
-use nix::sys::signal::{Signal, kill, killpg};
+use common::cluster::{Bg, Cluster, Heartbeat, Spec};
+use common::{output, wait_for};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use o2tools::dlm::{NodeId, master_of};
-use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -92,20 +90,8 @@ fn netns_list() -> Vec<String> {
 
 /// These tests need root and `ip`: a clear failure otherwise.
 fn require_root_and_ip() {
-    assert!(
-        is_root(),
-        "tests/partition.rs creates network namespaces and veth pairs: it must run as root"
-    );
-    let ok = Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "tests/partition.rs needs iproute2's `ip` on PATH: apt-get install -y iproute2"
-    );
+    common::require_root("network namespaces");
+    common::require_program("ip", "iproute2");
 }
 
 /// Namespaces left by a test process that was killed before it could clean
@@ -228,394 +214,51 @@ impl Drop for Net {
     }
 }
 
-// ---- background dlmctl ---------------------------------------------------------
-
-/// A background dlmctl (holding or waiting for a lock) in its own process
-/// group, its stderr in a file. A thread waits for it and notes when it
-/// exited; the group is killed when dropped.
-struct Bg {
-    pid: i32,
-    what: String,
-    err: PathBuf,
-    exit: Arc<Mutex<Option<(i32, Instant)>>>,
-    reaper: Option<JoinHandle<()>>,
-}
-
-impl Bg {
-    /// Exit status and when it exited, if it has.
-    fn exited(&self) -> Option<(i32, Instant)> {
-        *self.exit.lock().unwrap()
-    }
-
-    /// Waits for it to exit; panics after `secs`.
-    fn wait(&self, secs: u64) -> (i32, Instant) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(e) = self.exited() {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish within {secs} s; its stderr:\n{}",
-                self.what,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        // The group outlives its leader while the command under the lock
-        // runs: kill it whether dlmctl is still there or not.
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        if let Some(t) = self.reaper.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 // ---- the cluster ---------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Heartbeat {
-    /// No disk heartbeat (leases).
-    Local,
-    /// One global region: a file formatted by `hb_ctl format`.
-    Global,
-}
-
-struct Node {
-    name: String,
-    number: u8,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// Three lockd processes, one per namespace of `net`, killed by pid when
-/// dropped; then the namespaces are deleted.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    settings: PathBuf,
-    hb: Heartbeat,
-    nodes: Vec<Node>,
-    bg: std::sync::atomic::AtomicUsize,
-    // Last: dropped after the lockd processes are killed.
+/// Three lockd processes, one per namespace of `net` (the harness's
+/// [`Cluster`], each lockd under `ip netns exec`); dropped, the lockd
+/// processes are killed first, then the namespaces are deleted.
+struct Partitioned {
+    cluster: Cluster,
     net: Net,
 }
 
-impl Cluster {
-    fn start(n: u8, hb: Heartbeat) -> Cluster {
-        let net = Net::new(n);
-        let dir = tempfile::tempdir().unwrap();
-        let addrs: Vec<String> = (1..=n).map(|k| net.addr(k)).collect();
-        let conf = write_cluster_conf(dir.path(), CLUSTER, &addrs, PORT, hb == Heartbeat::Global);
-        let nodes = (1..=n)
-            .map(|k| {
-                let name = format!("node{k}");
-                Node {
-                    socket: dir.path().join(format!("{name}.sock")),
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    number: k,
-                    child: None,
-                }
-            })
-            .collect();
-        let settings = dir.path().join("lockd.toml");
-        std::fs::write(
-            &settings,
-            format!(
-                "[heartbeat]\ninterval_ms = {INTERVAL_MS}\ndead_threshold = {DEAD_THRESHOLD}\n\
-                 [network]\nidle_timeout_ms = {IDLE_MS}\nkeepalive_delay_ms = {KEEPALIVE_MS}\n\
-                 reconnect_delay_ms = {RECONNECT_MS}\nfence_grace_ms = {GRACE_MS}\n"
-            ),
-        )
-        .unwrap();
-        let mut c = Cluster {
-            dir,
-            conf,
-            settings,
-            hb,
-            nodes,
-            bg: Default::default(),
-            net,
-        };
-        for i in 0..c.nodes.len() {
-            c.launch(i);
-        }
-        for i in 0..c.nodes.len() {
-            c.wait_answers(i);
-        }
-        for i in 0..c.nodes.len() {
-            c.wait_sees_all(i, WAIT_S);
-        }
-        c
-    }
-
-    /// Starts node `i`'s lockd in its namespace; checks that the child's
-    /// pid is lockd's (`ip netns exec` execs it, no process in between).
-    fn launch(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.nodes[i].log)
-            .unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.net.nodes[i]])
-            .arg(bin("lockd"))
-            .arg("--socket")
-            .arg(&self.nodes[i].socket)
-            .arg("--settings")
-            .arg(&self.settings)
-            .arg("--config")
-            .arg(&self.conf)
-            .args(["--cluster", CLUSTER, "--node", &self.nodes[i].name])
-            .env_remove("LOCKD_SETTINGS")
-            .env_remove("LOCKD_SOCKET")
-            .env(
-                "RUST_LOG",
-                "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug",
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-        let pid = child.id();
-        self.nodes[i].child = Some(child);
-        let want = std::fs::canonicalize(bin("lockd")).unwrap();
-        let want = want.to_string_lossy().into_owned();
-        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
-        loop {
-            if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "ip netns exec … lockd for {} exited ({st}); log:\n{}",
-                    self.nodes[i].name,
-                    self.log(i)
-                );
-            }
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            // " (deleted)": the binary was rebuilt since it started.
-            if exe == want || exe == format!("{want} (deleted)") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pid {pid} of `ip netns exec` is still {exe}, not {want}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_answers(&mut self, i: usize) {
-        let deadline = Instant::now() + Duration::from_secs(WAIT_S);
-        loop {
-            if let Some(st) = self.nodes[i].child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "lockd of {} exited ({st}); log:\n{}",
-                    self.nodes[i].name,
-                    self.log(i)
-                );
-            }
-            let (code, out, _) = run_bounded(self.dlmctl(i).args(["status", "--json"]), CMD_S);
-            if code == 0 {
-                // The process answering is the one started in the namespace.
-                let pid = self.nodes[i].child.as_ref().unwrap().id();
-                assert_eq!(json(&out)["pid"], pid, "{}", self.nodes[i].name);
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lockd of {} does not answer; log:\n{}",
-                self.nodes[i].name,
-                self.log(i)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Node `i` sees every other node connected (and heartbeating, with a
-    /// region).
-    fn wait_sees_all(&self, i: usize, secs: u64) {
-        let hb = self.hb;
-        wait_for(
-            &format!("{} sees every node connected", self.nodes[i].name),
-            secs,
-            || {
-                let st = self.status(i);
-                st["nodes"].as_array().is_some_and(|ns| {
-                    ns.len() == self.nodes.len()
-                        && ns.iter().all(|x| {
-                            x["local"] == true
-                                || (x["connected"] == true
-                                    && (hb == Heartbeat::Local || x["heartbeat"] == true))
-                        })
-                })
-            },
-        );
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
-    }
-
-    /// Node `i`'s lockd is still the process started (it did not exit).
-    fn running(&mut self, i: usize) -> bool {
-        self.nodes[i]
-            .child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// dlmctl against node `i` (0-based): its socket, no autostart. It runs
-    /// in the root namespace: the socket is a path.
-    fn dlmctl(&self, i: usize) -> Command {
-        let mut c = Command::new(bin("dlmctl"));
-        c.env("LOCKD_SOCKET", &self.nodes[i].socket)
-            .env("LOCKD_NO_AUTOSTART", "1")
-            .env("O2CB_CONFIG_FILE", &self.conf)
-            .env_remove("DLM_DOMAIN")
-            .env_remove("DLM_RESOURCE")
-            .env_remove("DLM_LOCK_ID")
-            .env_remove("DLM_MODE");
-        c
-    }
-
-    fn run(&self, i: usize, args: &[&str]) -> (i32, String, String) {
-        run_bounded(self.dlmctl(i).args(args), CMD_S)
-    }
-
-    fn ok(&self, i: usize, args: &[&str]) -> String {
-        let (code, out, err) = self.run(i, args);
-        assert_eq!(code, 0, "dlmctl {args:?} on {}: {err}", self.nodes[i].name);
-        out
-    }
-
-    /// Starts dlmctl on node `i` in the background (own process group).
-    fn spawn(&self, i: usize, args: &[&str]) -> Bg {
-        let k = self.bg.fetch_add(1, Ordering::Relaxed);
-        let err = self.dir.path().join(format!("bg{k}.err"));
-        let mut c = self.dlmctl(i);
-        c.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .process_group(0);
-        let mut child = c.spawn().unwrap();
-        let pid = child.id() as i32;
-        let exit = Arc::new(Mutex::new(None));
-        let e = exit.clone();
-        let reaper = std::thread::spawn(move || {
-            if let Ok(st) = child.wait() {
-                *e.lock().unwrap() = Some((code_of(st), Instant::now()));
-            }
-        });
-        Bg {
-            pid,
-            what: format!("dlmctl {args:?} on {}", self.nodes[i].name),
-            err,
-            exit,
-            reaper: Some(reaper),
-        }
-    }
-
-    fn status(&self, i: usize) -> Value {
-        json(&self.ok(i, &["status", "--json"]))
-    }
-
-    /// Node `i`'s entry for node number `n` in its status.
-    fn node_seen(&self, i: usize, n: u8) -> Value {
-        let st = self.status(i);
-        st["nodes"]
-            .as_array()
-            .and_then(|ns| ns.iter().find(|x| x["number"] == n))
-            .cloned()
-            .unwrap_or_else(|| panic!("node {n} missing in node {}'s status: {st}", i + 1))
-    }
-
-    /// Node `i`'s local locks on the resource in one of its queues.
-    fn local(&self, i: usize, resource: &str, queue: &str) -> Vec<Value> {
-        let v = json(&self.ok(i, &["locks", "--json", DOMAIN]));
-        v["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["domain"] == DOMAIN && r["name"] == resource)
-            .and_then(|r| r[queue].as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// Waits until `bg`'s lock on the resource is granted on node `i`.
-    fn wait_granted(&self, i: usize, resource: &str, bg: &Bg) {
-        wait_for(&format!("{} holds {resource}", bg.what), WAIT_S, || {
-            self.local(i, resource, "granted")
-                .iter()
-                .any(|l| l["pid"] == bg.pid)
-        });
-    }
-
-    /// Every node joins the domain (so mastery is spread over all of them).
-    fn join_all(&self) {
-        for i in 0..self.nodes.len() {
-            self.ok(i, &["join", DOMAIN]);
-        }
-        for i in 0..self.nodes.len() {
-            wait_for(
-                &format!("node {} lists domain {DOMAIN}", i + 1),
-                WAIT_S,
-                || {
-                    json(&self.ok(i, &["domains", "--json"]))["domains"]
-                        .as_array()
-                        .is_some_and(|ds| ds.iter().any(|d| d["name"] == DOMAIN))
-                },
-            );
-        }
-    }
-
-    /// A resource name (`prefix` + a number) whose master over all the
-    /// nodes is node number `m`.
-    fn mastered_by(&self, prefix: &str, m: u8) -> String {
-        let members = self.nodes.iter().map(|n| NodeId(n.number)).collect();
-        (0..1000)
-            .map(|k| format!("{prefix}{k}"))
-            .find(|name| master_of(name.as_bytes(), &members).unwrap().0 == m)
-            .expect("some name has such a master")
+impl std::ops::Deref for Partitioned {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(child) = n.child.as_mut() {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for (i, n) in self.nodes.iter().enumerate() {
-                let log = self.log(i);
-                let tail: Vec<&str> = log.lines().rev().take(120).collect();
-                eprintln!(
-                    "---- end of {}'s log (namespace {}) ----",
-                    n.name, self.net.nodes[i]
-                );
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
+impl std::ops::DerefMut for Partitioned {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
     }
+}
+
+/// Starts `n` nodes, node k in namespace k at 10.x.0.k, and waits until
+/// every node answers and sees every other one.
+fn start(n: u8, hb: Heartbeat) -> Partitioned {
+    let net = Net::new(n);
+    let addrs: Vec<String> = (1..=n).map(|k| net.addr(k)).collect();
+    let namespaces = net.nodes.clone();
+    let cluster = Spec::new(CLUSTER, n, hb)
+        .addrs(addrs, PORT)
+        .settings(format!(
+            "[heartbeat]\ninterval_ms = {INTERVAL_MS}\ndead_threshold = {DEAD_THRESHOLD}\n\
+             [network]\nidle_timeout_ms = {IDLE_MS}\nkeepalive_delay_ms = {KEEPALIVE_MS}\n\
+             reconnect_delay_ms = {RECONNECT_MS}\nfence_grace_ms = {GRACE_MS}\n"
+        ))
+        .bounds(WAIT_S, CMD_S)
+        .wrap(move |i| {
+            ["ip", "netns", "exec", &namespaces[i]]
+                .map(OsString::from)
+                .to_vec()
+        })
+        .log_lines(120)
+        .start();
+    Partitioned { cluster, net }
 }
 
 /// The time of day, in seconds, of the first line of a lockd log that
@@ -643,9 +286,9 @@ fn secs(d: Duration) -> String {
 
 /// The scenario both tests run; `hb` picks the quorum rule.
 fn partition_and_heal(hb: Heartbeat) {
-    let mut c = Cluster::start(3, hb);
+    let mut c = start(3, hb);
     let names = c.net.names();
-    c.join_all();
+    c.join_all(DOMAIN);
     for i in 0..3 {
         assert_eq!(c.status(i)["quorum"], "quorate", "node {}", i + 1);
     }
@@ -657,7 +300,7 @@ fn partition_and_heal(hb: Heartbeat) {
     let a1 = c.mastered_by("a", 1);
     let b = c.mastered_by("b", 3);
     let keeper = c.spawn(n1, &["lock", "--ex", DOMAIN, &b, "--", "sleep", "600"]);
-    c.wait_granted(n1, &b, &keeper);
+    c.wait_granted(n1, DOMAIN, &b, &keeper);
     // The command under a1 ignores SIGTERM: dlmctl must SIGKILL it (a
     // second before the fence grace ends), and node 3 must wait for it.
     let holders: Vec<(String, Bg)> = [
@@ -669,7 +312,7 @@ fn partition_and_heal(hb: Heartbeat) {
         let mut args = vec!["lock", "--ex", DOMAIN, r, "--"];
         args.extend_from_slice(cmd);
         let h = c.spawn(n3, &args);
-        c.wait_granted(n3, r, &h);
+        c.wait_granted(n3, DOMAIN, r, &h);
         (r.clone(), h)
     })
     .collect();
@@ -679,7 +322,9 @@ fn partition_and_heal(hb: Heartbeat) {
         .map(|r| {
             let w = c.spawn(n2, &["lock", "--ex", DOMAIN, r, "--", "true"]);
             wait_for(&format!("node 2's request for {r} waits"), WAIT_S, || {
-                c.local(n2, r, "waiting").iter().any(|l| l["pid"] == w.pid)
+                c.local(n2, DOMAIN, r, "waiting")
+                    .iter()
+                    .any(|l| l["pid"] == w.pid)
             });
             (r.clone(), w)
         })
@@ -828,7 +473,7 @@ fn partition_and_heal(hb: Heartbeat) {
     // Node 1 kept B (its command still runs), and the new master knows it.
     assert!(keeper.exited().is_none(), "node 1's command under {b} runs");
     assert!(
-        c.local(n1, &b, "granted")
+        c.local(n1, DOMAIN, &b, "granted")
             .iter()
             .any(|l| l["pid"] == keeper.pid),
         "node 1 still holds {b}"
@@ -901,11 +546,7 @@ fn partition_and_heal(hb: Heartbeat) {
     );
 
     // Everything goes: lockd processes, then the namespaces.
-    let pids: Vec<i32> = c
-        .nodes
-        .iter()
-        .map(|n| n.child.as_ref().unwrap().id() as i32)
-        .collect();
+    let pids: Vec<i32> = (0..c.nodes.len()).map(|i| c.pid(i)).collect();
     drop(waiters);
     drop(holders);
     drop(keeper);

@@ -1,27 +1,26 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// The shared reference material, beside the repository (or `$O2TOOLS_SHARED`).
-pub fn shared() -> PathBuf {
-    let p = std::env::var_os("O2TOOLS_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    assert!(
-        p.join("conformance").is_dir(),
-        "reference material not found at {} (clone ../shared beside the repository or set O2TOOLS_SHARED)",
-        p.display()
-    );
-    p
+/// A file or directory under `tests/data` (captures of the real tools; see
+/// `tests/data/README.md`).
+pub fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// Path of one of our binaries, built by cargo for the tests.
@@ -42,6 +41,16 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Fails the test, in one line, unless it runs as root; `why` names what
+/// needs it ("loop devices").
+#[track_caller]
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "needs root ({why}): run the tests as root, as .ci/run does"
+    );
+}
+
 /// Runs a command and returns its output, panicking with context when it
 /// cannot be started.
 pub fn output(cmd: &mut Command) -> Output {
@@ -49,15 +58,57 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// Requires a program on PATH, with a clear message naming the package.
-pub fn require_program(prog: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{prog} is needed by this test: apt-get install -y {package} (as .ci/run does)"
-    );
+/// The full path of `prog`, found on PATH or in /usr/sbin or /sbin (which
+/// a user's PATH may lack); fails the test, in one line naming the package
+/// to install, when it is not there.
+#[track_caller]
+pub fn require_program(prog: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("needs {prog}: apt-get install -y {package}, as .ci/run does"))
+}
+
+/// A new directory under /tmp that every user can reach (mode 0755), for
+/// what a test runs as another user: the checkout, or `$TMPDIR`, may sit in
+/// a directory only its owner can enter (as /root is, mode 0700).
+pub fn dir_for_others() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("o2tools-test.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A copy of a program that every user can run (see [`dir_for_others`]);
+/// the directory goes when this is dropped.
+pub struct Reachable {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Copies `program` (one of ours, from the build directory) to a new
+/// directory every user can reach, mode 0755.
+pub fn copy_for_others(program: &Path) -> Reachable {
+    let dir = dir_for_others();
+    let path = dir.path().join(program.file_name().unwrap());
+    std::fs::copy(program, &path)
+        .unwrap_or_else(|e| panic!("cannot copy {} for another user: {e}", program.display()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Reachable { path, _dir: dir }
+}
+
+/// Makes `cmd` run as user and group `id` (no supplementary groups), in
+/// `/`: a directory it can enter whatever the test's own is. Root only.
+#[track_caller]
+pub fn as_user(cmd: &mut Command, id: u32) -> &mut Command {
+    require_root("acting as another user");
+    cmd.uid(id).gid(id).current_dir("/")
 }
 
 /// An OCFS2 volume image made by the real mkfs.ocfs2, with the UUID of the
@@ -72,12 +123,12 @@ pub const VOLUME_UUID: &str = "0C7010EBE28F45CF9B64CB60642047A8";
 
 /// Makes a 256 MiB sparse image with mkfs.ocfs2 as the captures did.
 pub fn mkfs_image(dir: &Path) -> PathBuf {
-    require_program("mkfs.ocfs2", "ocfs2-tools");
+    let mkfs = require_program("mkfs.ocfs2", "ocfs2-tools");
     let img = dir.join("vol.img");
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(256 << 20).unwrap();
     let out = output(
-        Command::new("mkfs.ocfs2")
+        Command::new(mkfs)
             .args([
                 "-q",
                 "-N",
@@ -105,18 +156,11 @@ pub fn mkfs_image(dir: &Path) -> PathBuf {
 
 impl LoopVolume {
     pub fn new() -> Self {
-        assert!(
-            is_root(),
-            "this test attaches a loop device and must run as root (CI does)"
-        );
-        require_program("losetup", "mount");
+        require_root("loop devices");
+        let losetup = require_program("losetup", "mount");
         let dir = tempfile::tempdir().unwrap();
         let img = mkfs_image(dir.path());
-        let out = output(
-            Command::new("losetup")
-                .args(["-f", "--show", "-r"])
-                .arg(&img),
-        );
+        let out = output(Command::new(losetup).args(["-f", "--show", "-r"]).arg(&img));
         assert!(
             out.status.success(),
             "losetup failed: {}",
@@ -147,7 +191,15 @@ impl Lockd {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// A lockd whose socket other users can reach (see [`dir_for_others`]).
+    pub fn start_for_others() -> Self {
+        Self::start_in(dir_for_others(), &[])
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let socket = dir.path().join("lockd.sock");
         let child = Self::spawn(&socket, dir.path(), extra);
         let l = Lockd { child, socket, dir };
@@ -194,7 +246,12 @@ impl Lockd {
 
     /// dlmctl against this lockd (no autostart, no cluster.conf).
     pub fn dlmctl(&self) -> Command {
-        let mut c = Command::new(bin("dlmctl"));
+        self.dlmctl_at(&bin("dlmctl"))
+    }
+
+    /// As [`Lockd::dlmctl`], running the dlmctl at `program` (a copy).
+    pub fn dlmctl_at(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         c.env("LOCKD_SOCKET", &self.socket)
             .env("LOCKD_NO_AUTOSTART", "1")
             .env("O2CB_CONFIG_FILE", "/nonexistent/cluster.conf")
@@ -255,6 +312,35 @@ pub fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Every process started by [`run_bounded`] and the cluster harness and
+/// not reaped yet, by pid (a process group when true).
+static LIVE: Mutex<Vec<(i32, bool)>> = Mutex::new(Vec::new());
+
+pub(crate) fn track(pid: i32, group: bool) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((pid, group));
+}
+
+pub(crate) fn untrack(pid: i32) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&(p, _)| p != pid);
+}
+
+/// SIGKILL to every tracked process (or group): for a panic hook where a
+/// panic aborts (a bench built with `panic = "abort"` runs no destructor).
+pub fn kill_tracked() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (pid, group) in live {
+        let _ = if group {
+            killpg(Pid::from_raw(pid), Signal::SIGKILL)
+        } else {
+            nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL)
+        };
+    }
+}
+
 /// Runs `cmd` in its own process group with the output captured; kills the
 /// group and panics if it does not finish within `secs`.
 pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
@@ -265,6 +351,8 @@ pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    track(pid, true);
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let to = std::thread::spawn(move || {
@@ -280,11 +368,13 @@ pub fn run_bounded(cmd: &mut Command, secs: u64) -> (i32, String, String) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
+            untrack(pid);
             break st;
         }
         if Instant::now() > deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = child.wait();
+            untrack(pid);
             let err = String::from_utf8_lossy(&te.join().unwrap()).into_owned();
             panic!("{cmd:?} did not finish within {secs} s; stderr so far:\n{err}");
         }

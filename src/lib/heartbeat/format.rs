@@ -212,7 +212,7 @@ mod tests {
 
     const SLOTS_0_3: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/conformance/hb/disk/08-slots-0-3.bin"
+        "/tests/data/hb/08-slots-0-3.bin"
     );
 
     /// Bit-at-a-time reference for the table version.

@@ -31,6 +31,7 @@ use nix::sys::socket::{
 };
 use tracing::{debug, info, warn};
 
+use crate::config::file::LoadError;
 use crate::config::{self, HeartbeatMode, Settings};
 use crate::dlm::PeerMsg;
 use crate::proto::peer::{self, PEER_VERSION, PeerFrame};
@@ -76,29 +77,120 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Why the cluster of a cluster.conf cannot be run. The text is what
+/// lockd prints, or `o2cb register-cluster` reports.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The file cannot be read or parsed.
+    #[error(transparent)]
+    Load {
+        /// Why.
+        #[from]
+        source: LoadError,
+    },
+    /// The named cluster is not in the file.
+    #[error("cluster '{name}' is not in {} (clusters: {})", conf.display(), names(clusters))]
+    NoSuchCluster {
+        /// The cluster asked for.
+        name: String,
+        /// The file.
+        conf: PathBuf,
+        /// The clusters it defines.
+        clusters: Vec<String>,
+    },
+    /// No cluster was named and the file defines none.
+    #[error("{} defines no cluster", conf.display())]
+    NoCluster {
+        /// The file.
+        conf: PathBuf,
+    },
+    /// No cluster was named and the file defines more than one.
+    #[error("{} defines several clusters ({}); name one", conf.display(), names(clusters))]
+    SeveralClusters {
+        /// The file.
+        conf: PathBuf,
+        /// The clusters it defines.
+        clusters: Vec<String>,
+    },
+    /// The node named is not in the cluster.
+    #[error(
+        "node '{node}' is not in cluster '{cluster}' of {} (configured nodes: {}); pass --node NAME",
+        conf.display(),
+        names(nodes)
+    )]
+    NoSuchNode {
+        /// The node asked for.
+        node: String,
+        /// The cluster.
+        cluster: String,
+        /// The file.
+        conf: PathBuf,
+        /// The cluster's nodes.
+        nodes: Vec<String>,
+    },
+    /// No node was named and none matches the host name.
+    #[error(
+        "node host name '{host}' is not in cluster '{cluster}' of {} (configured nodes: {}); pass --node NAME",
+        conf.display(),
+        names(nodes)
+    )]
+    HostNotInCluster {
+        /// This machine's host name.
+        host: String,
+        /// The cluster.
+        cluster: String,
+        /// The file.
+        conf: PathBuf,
+        /// The cluster's nodes.
+        nodes: Vec<String>,
+    },
+    /// A node number lockd cannot use.
+    #[error("node '{name}' has number {number}, above 254")]
+    BadNumber {
+        /// The node.
+        name: String,
+        /// Its number.
+        number: u32,
+    },
+    /// A port that is not one.
+    #[error("node '{name}' has port {port}, not 1-65535")]
+    BadPort {
+        /// The node.
+        name: String,
+        /// Its port.
+        port: u32,
+    },
+}
+
 impl ClusterSetup {
     /// Reads the cluster from `conf`: the one named `cluster` (or the only
     /// one), with this node found by `node` (a node name; default: the host
     /// name, as o2cb matches it).
-    pub fn load(conf: &Path, cluster: Option<&str>, node: Option<&str>) -> Result<Self, String> {
-        let cc = config::file::load(conf).map_err(|e| e.to_string())?;
+    pub fn load(
+        conf: &Path,
+        cluster: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Self, SetupError> {
+        let cc = config::file::load(conf)?;
+        let cluster_names = || cc.clusters.iter().map(|c| c.name.clone()).collect();
         let c = match cluster {
-            Some(name) => cc.cluster(name).ok_or_else(|| {
-                format!(
-                    "cluster '{name}' is not in {} (clusters: {})",
-                    conf.display(),
-                    names(cc.clusters.iter().map(|c| c.name.as_str()))
-                )
+            Some(name) => cc.cluster(name).ok_or_else(|| SetupError::NoSuchCluster {
+                name: name.to_owned(),
+                conf: conf.to_owned(),
+                clusters: cluster_names(),
             })?,
             None => match cc.clusters.as_slice() {
                 [one] => one,
-                [] => return Err(format!("{} defines no cluster", conf.display())),
-                many => {
-                    return Err(format!(
-                        "{} defines several clusters ({}); name one",
-                        conf.display(),
-                        names(many.iter().map(|c| c.name.as_str()))
-                    ));
+                [] => {
+                    return Err(SetupError::NoCluster {
+                        conf: conf.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(SetupError::SeveralClusters {
+                        conf: conf.to_owned(),
+                        clusters: cluster_names(),
+                    });
                 }
             },
         };
@@ -112,24 +204,40 @@ impl ClusterSetup {
             None => c.nodes.iter().find(|x| is_local_name(&x.name, &host)),
         };
         let Some(me) = me else {
-            let wanted = node.map_or_else(|| format!("host name '{host}'"), |n| format!("'{n}'"));
-            return Err(format!(
-                "node {wanted} is not in cluster '{}' of {} (configured nodes: {}); pass --node NAME",
-                c.name,
-                conf.display(),
-                names(c.nodes.iter().map(|n| n.name.as_str()))
-            ));
+            let cluster = c.name.clone();
+            let conf = conf.to_owned();
+            let nodes = c.nodes.iter().map(|n| n.name.clone()).collect();
+            return Err(match node {
+                Some(n) => SetupError::NoSuchNode {
+                    node: n.to_owned(),
+                    cluster,
+                    conf,
+                    nodes,
+                },
+                None => SetupError::HostNotInCluster {
+                    host,
+                    cluster,
+                    conf,
+                    nodes,
+                },
+            });
         };
         let mut nodes = BTreeMap::new();
         for n in &c.nodes {
             let number = u8::try_from(n.number)
                 .ok()
                 .filter(|&x| x < 255)
-                .ok_or_else(|| format!("node '{}' has number {}, above 254", n.name, n.number))?;
+                .ok_or_else(|| SetupError::BadNumber {
+                    name: n.name.clone(),
+                    number: n.number,
+                })?;
             let port = u16::try_from(n.ip_port)
                 .ok()
                 .filter(|&p| p > 0)
-                .ok_or_else(|| format!("node '{}' has port {}, not 1-65535", n.name, n.ip_port))?;
+                .ok_or_else(|| SetupError::BadPort {
+                    name: n.name.clone(),
+                    port: n.ip_port,
+                })?;
             nodes.insert(
                 number,
                 PeerAddr {
@@ -158,8 +266,8 @@ impl ClusterSetup {
     }
 }
 
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = it.collect();
+/// Names for a message: "a, b", or "none".
+fn names(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
     } else {
@@ -188,8 +296,99 @@ pub enum MeshEvent {
 /// [`MeshEvent::DeclaredDead`]).
 const DECLARED_DEAD: &str = "was declared dead and its locks recovered; its lockd must restart";
 
-fn declared_dead_reason(n: u8) -> String {
-    format!("node {n} {DECLARED_DEAD}")
+/// Why the mesh cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// This node's address cannot be listened on.
+    #[error("cannot listen on {addr} (node {node}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddrV4,
+        /// This node.
+        node: u8,
+        /// Why.
+        source: io::Error,
+    },
+    /// The listening socket cannot be set up or watched.
+    #[error(transparent)]
+    Io {
+        /// Why.
+        #[from]
+        source: io::Error,
+    },
+}
+
+/// Why the accepting side refuses a connection. Its text is the reason
+/// the `Refused` frame carries to the other node.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The first frame was something else.
+    #[error("expected a hello")]
+    NotHello,
+    /// Another peer protocol version.
+    #[error("peer protocol version {version} is not supported; this lockd speaks {PEER_VERSION}")]
+    Version {
+        /// The version spoken.
+        version: u16,
+    },
+    /// Another cluster.
+    #[error("cluster '{cluster}' does not match this node's cluster '{ours}'")]
+    OtherCluster {
+        /// The connecting node's cluster.
+        cluster: String,
+        /// This node's.
+        ours: String,
+    },
+    /// Meant for another node.
+    #[error("this is node {me}, not node {to}")]
+    NotThisNode {
+        /// This node.
+        me: u8,
+        /// The node asked for.
+        to: u8,
+    },
+    /// A node number this cluster does not have (or this node's own).
+    #[error("node {from} is not configured in cluster '{cluster}'")]
+    NotConfigured {
+        /// The connecting node's number.
+        from: u8,
+        /// The cluster.
+        cluster: String,
+    },
+    /// The node's name is not the one configured for its number.
+    #[error("node {from} is '{configured}' in this node's cluster.conf, not '{name}'")]
+    WrongName {
+        /// The connecting node's number.
+        from: u8,
+        /// The name configured for it.
+        configured: String,
+        /// The name it gave.
+        name: String,
+    },
+    /// The lower number waits to be connected to.
+    #[error("node {from} must wait for node {me} to connect (higher numbers connect to lower)")]
+    MustWait {
+        /// The connecting node's number.
+        from: u8,
+        /// This node.
+        me: u8,
+    },
+    /// Not from the node's configured address.
+    #[error("node {from} must connect from {expected}, not {}", .got.map_or_else(|| "?".into(), |i| i.to_string()))]
+    WrongAddress {
+        /// The connecting node's number.
+        from: u8,
+        /// Its configured address.
+        expected: Ipv4Addr,
+        /// Where it connected from, if IPv4.
+        got: Option<Ipv4Addr>,
+    },
+    /// An incarnation this node declared dead.
+    #[error("node {node} {DECLARED_DEAD}")]
+    DeclaredDead {
+        /// The node.
+        node: u8,
+    },
 }
 
 /// Output buffered beyond this means the peer does not read: the
@@ -292,19 +491,20 @@ impl Mesh {
         settings: &Settings,
         epoll: &Epoll,
         listener_token: u64,
-    ) -> io::Result<Mesh> {
+    ) -> Result<Mesh, MeshError> {
         let addr = setup.addr();
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (node {}): {e}", setup.node),
-            )
+        let listener = TcpListener::bind(addr).map_err(|source| MeshError::Listen {
+            addr,
+            node: setup.node,
+            source,
         })?;
         listener.set_nonblocking(true)?;
-        epoll.add(
-            &listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, listener_token),
-        )?;
+        epoll
+            .add(
+                &listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, listener_token),
+            )
+            .map_err(io::Error::from)?;
         let now = Instant::now();
         let links = setup
             .nodes
@@ -650,7 +850,7 @@ impl Mesh {
                 PeerFrame::Msg(m) if c.up => out.push(MeshEvent::Msg(n, m)),
                 PeerFrame::Keepalive if c.up => {}
                 PeerFrame::Welcome { generation, .. } if dead_generation == Some(generation) => {
-                    let reason = declared_dead_reason(n);
+                    let reason = Refusal::DeclaredDead { node: n }.to_string();
                     // It must learn it: it may not know it was cut off.
                     c.push(
                         &PeerFrame::Refused {
@@ -720,7 +920,12 @@ impl Mesh {
             Err(reason) => {
                 warn!(peer = ?c.stream.peer_addr().ok(), %reason, "refusing a peer connection");
                 let now = Instant::now();
-                c.push(&PeerFrame::Refused { reason }, now);
+                c.push(
+                    &PeerFrame::Refused {
+                        reason: reason.to_string(),
+                    },
+                    now,
+                );
                 // Best effort: the refusal is small; then close.
                 let _ = c.stream.write(&c.wbuf);
                 let _ = epoll.delete(c.stream.as_fd());
@@ -763,7 +968,7 @@ impl Mesh {
     }
 
     /// The node a valid hello comes from.
-    fn check_hello(&self, frame: &PeerFrame, peer_ip: Option<Ipv4Addr>) -> Result<u8, String> {
+    fn check_hello(&self, frame: &PeerFrame, peer_ip: Option<Ipv4Addr>) -> Result<u8, Refusal> {
         let PeerFrame::Hello {
             version,
             cluster,
@@ -773,21 +978,22 @@ impl Mesh {
             generation,
         } = frame
         else {
-            return Err("expected a hello".into());
+            return Err(Refusal::NotHello);
         };
         if *version != PEER_VERSION {
-            return Err(format!(
-                "peer protocol version {version} is not supported; this lockd speaks {PEER_VERSION}"
-            ));
+            return Err(Refusal::Version { version: *version });
         }
         if *cluster != self.setup.name {
-            return Err(format!(
-                "cluster '{cluster}' does not match this node's cluster '{}'",
-                self.setup.name
-            ));
+            return Err(Refusal::OtherCluster {
+                cluster: cluster.clone(),
+                ours: self.setup.name.clone(),
+            });
         }
         if *to != self.setup.node {
-            return Err(format!("this is node {}, not node {to}", self.setup.node));
+            return Err(Refusal::NotThisNode {
+                me: self.setup.node,
+                to: *to,
+            });
         }
         let Some(p) = self
             .setup
@@ -795,31 +1001,33 @@ impl Mesh {
             .get(from)
             .filter(|_| *from != self.setup.node)
         else {
-            return Err(format!(
-                "node {from} is not configured in cluster '{cluster}'"
-            ));
+            return Err(Refusal::NotConfigured {
+                from: *from,
+                cluster: cluster.clone(),
+            });
         };
         if p.name != *from_name {
-            return Err(format!(
-                "node {from} is '{}' in this node's cluster.conf, not '{from_name}'",
-                p.name
-            ));
+            return Err(Refusal::WrongName {
+                from: *from,
+                configured: p.name.clone(),
+                name: from_name.clone(),
+            });
         }
         if *from < self.setup.node {
-            return Err(format!(
-                "node {from} must wait for node {} to connect (higher numbers connect to lower)",
-                self.setup.node
-            ));
+            return Err(Refusal::MustWait {
+                from: *from,
+                me: self.setup.node,
+            });
         }
         if peer_ip != Some(*p.addr.ip()) {
-            return Err(format!(
-                "node {from} must connect from {}, not {}",
-                p.addr.ip(),
-                peer_ip.map_or_else(|| "?".into(), |i| i.to_string())
-            ));
+            return Err(Refusal::WrongAddress {
+                from: *from,
+                expected: *p.addr.ip(),
+                got: peer_ip,
+            });
         }
         if self.links[from].dead_generation == Some(*generation) {
-            return Err(declared_dead_reason(*from));
+            return Err(Refusal::DeclaredDead { node: *from });
         }
         Ok(*from)
     }
@@ -984,9 +1192,140 @@ mod tests {
         assert_eq!(s.name, "c1");
         assert_eq!(s.addr(), "127.0.0.2:7002".parse().unwrap());
         assert_eq!(s.regions, vec!["/tmp/hb".to_string()]);
-        let e = ClusterSetup::load(&conf, None, Some("gamma")).unwrap_err();
+        let e = ClusterSetup::load(&conf, None, Some("gamma"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'gamma'") && e.contains("alpha, beta"), "{e}");
-        let e = ClusterSetup::load(&conf, Some("c2"), Some("beta")).unwrap_err();
+        let e = ClusterSetup::load(&conf, Some("c2"), Some("beta"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'c2'") && e.contains("c1"), "{e}");
+    }
+
+    #[test]
+    fn setup_errors_read_as_lockd_prints_them() {
+        let conf = PathBuf::from("/etc/ocfs2/cluster.conf");
+        let cases = [
+            (
+                SetupError::NoSuchCluster {
+                    name: "c2".into(),
+                    conf: conf.clone(),
+                    clusters: vec!["c1".into(), "c3".into()],
+                },
+                "cluster 'c2' is not in /etc/ocfs2/cluster.conf (clusters: c1, c3)",
+            ),
+            (
+                SetupError::NoCluster { conf: conf.clone() },
+                "/etc/ocfs2/cluster.conf defines no cluster",
+            ),
+            (
+                SetupError::SeveralClusters {
+                    conf: conf.clone(),
+                    clusters: vec!["c1".into(), "c3".into()],
+                },
+                "/etc/ocfs2/cluster.conf defines several clusters (c1, c3); name one",
+            ),
+            (
+                SetupError::NoSuchNode {
+                    node: "gamma".into(),
+                    cluster: "c1".into(),
+                    conf: conf.clone(),
+                    nodes: Vec::new(),
+                },
+                "node 'gamma' is not in cluster 'c1' of /etc/ocfs2/cluster.conf \
+                 (configured nodes: none); pass --node NAME",
+            ),
+            (
+                SetupError::HostNotInCluster {
+                    host: "h".into(),
+                    cluster: "c1".into(),
+                    conf,
+                    nodes: vec!["alpha".into(), "beta".into()],
+                },
+                "node host name 'h' is not in cluster 'c1' of /etc/ocfs2/cluster.conf \
+                 (configured nodes: alpha, beta); pass --node NAME",
+            ),
+            (
+                SetupError::BadNumber {
+                    name: "n".into(),
+                    number: 255,
+                },
+                "node 'n' has number 255, above 254",
+            ),
+            (
+                SetupError::BadPort {
+                    name: "n".into(),
+                    port: 0,
+                },
+                "node 'n' has port 0, not 1-65535",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn refusals_read_as_the_other_node_gets_them() {
+        let cases = [
+            (Refusal::NotHello, "expected a hello"),
+            (
+                Refusal::Version { version: 9 },
+                "peer protocol version 9 is not supported; this lockd speaks 3",
+            ),
+            (
+                Refusal::OtherCluster {
+                    cluster: "x".into(),
+                    ours: "c1".into(),
+                },
+                "cluster 'x' does not match this node's cluster 'c1'",
+            ),
+            (
+                Refusal::NotThisNode { me: 1, to: 2 },
+                "this is node 1, not node 2",
+            ),
+            (
+                Refusal::NotConfigured {
+                    from: 9,
+                    cluster: "c1".into(),
+                },
+                "node 9 is not configured in cluster 'c1'",
+            ),
+            (
+                Refusal::WrongName {
+                    from: 2,
+                    configured: "beta".into(),
+                    name: "b".into(),
+                },
+                "node 2 is 'beta' in this node's cluster.conf, not 'b'",
+            ),
+            (
+                Refusal::MustWait { from: 1, me: 2 },
+                "node 1 must wait for node 2 to connect (higher numbers connect to lower)",
+            ),
+            (
+                Refusal::WrongAddress {
+                    from: 2,
+                    expected: Ipv4Addr::new(127, 0, 0, 2),
+                    got: Some(Ipv4Addr::new(127, 0, 0, 3)),
+                },
+                "node 2 must connect from 127.0.0.2, not 127.0.0.3",
+            ),
+            (
+                Refusal::WrongAddress {
+                    from: 2,
+                    expected: Ipv4Addr::new(127, 0, 0, 2),
+                    got: None,
+                },
+                "node 2 must connect from 127.0.0.2, not ?",
+            ),
+            (
+                Refusal::DeclaredDead { node: 3 },
+                "node 3 was declared dead and its locks recovered; its lockd must restart",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
     }
 }

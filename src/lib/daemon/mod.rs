@@ -57,7 +57,7 @@ use crate::proto::{
 use crate::quorum::Quorum;
 use fence::Fence;
 use heartbeat::{HbParams, RegionThread, Report};
-use mesh::{ClusterSetup, Mesh, MeshEvent};
+use mesh::{ClusterSetup, Mesh, MeshError, MeshEvent, SetupError};
 
 /// What lockd runs as.
 #[derive(Clone, Debug)]
@@ -93,6 +93,103 @@ pub enum StartError {
         /// On which file.
         path: PathBuf,
         /// The error.
+        source: io::Error,
+    },
+}
+
+/// Why a daemon-level request (cluster registration, the cluster's
+/// heartbeat) is refused, or why lockd stops serving. The text is what the
+/// client's `Failed` reply, or lockd on stderr, says.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Neither root nor lockd's own user asked.
+    #[error("permission denied: only root or uid {uid} may change lockd's cluster")]
+    PermissionDenied {
+        /// lockd's user.
+        uid: u32,
+    },
+    /// The request names a cluster and lockd runs none.
+    #[error("lockd runs no cluster (single node)")]
+    NoCluster,
+    /// The request names another cluster than the one running.
+    #[error("lockd runs cluster '{running}', not '{asked}'")]
+    OtherCluster {
+        /// The cluster lockd runs.
+        running: String,
+        /// The one the request names.
+        asked: String,
+    },
+    /// Registering a cluster while another runs.
+    #[error("lockd already runs cluster '{running}'; unregister it first")]
+    ClusterRunning {
+        /// The cluster lockd runs.
+        running: String,
+    },
+    /// Registering a cluster while the single node holds locks.
+    #[error(
+        "lockd holds {locks} lock(s) in {domains} domain(s) as a single node, which the cluster never saw; release them (or restart lockd) first"
+    )]
+    SingleNodeLocks {
+        /// Locks held.
+        locks: usize,
+        /// Domains joined.
+        domains: usize,
+    },
+    /// Registering a cluster while the single node heartbeats.
+    #[error("heartbeat regions are active as a single node; stop them first (hb_ctl status)")]
+    SingleNodeRegions,
+    /// Unregistering while domains are joined.
+    #[error("domains are joined: {}", domains.join(", "))]
+    DomainsJoined {
+        /// Their names.
+        domains: Vec<String>,
+    },
+    /// Unregistering while heartbeat regions are active.
+    #[error("heartbeat regions are active; stop them first (o2cb stop-heartbeat {cluster})")]
+    RegionsActive {
+        /// The cluster.
+        cluster: String,
+    },
+    /// Stopping the heartbeat while domains are joined.
+    #[error(
+        "domains are joined: {}; the other nodes would take this node for dead while it holds locks",
+        domains.join(", ")
+    )]
+    HeartbeatNeeded {
+        /// Their names.
+        domains: Vec<String>,
+    },
+    /// A cluster.conf heartbeat region that names nothing lockd can find.
+    #[error("heartbeat region '{region}' is neither an absolute path nor a UUID")]
+    BadRegion {
+        /// As cluster.conf has it.
+        region: String,
+    },
+    /// Some of the cluster's regions could not be started or stopped.
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Regions {
+        /// Why, for each.
+        errors: Vec<DaemonError>,
+    },
+    /// The cluster's setup cannot be read.
+    #[error(transparent)]
+    Setup {
+        /// Why.
+        #[from]
+        source: SetupError,
+    },
+    /// The connections to the other nodes cannot start.
+    #[error(transparent)]
+    Mesh {
+        /// Why.
+        #[from]
+        source: MeshError,
+    },
+    /// A system call failed.
+    #[error(transparent)]
+    Io {
+        /// Why.
+        #[from]
         source: io::Error,
     },
 }
@@ -147,7 +244,7 @@ impl RegionEntry {
 
 /// A heartbeat region as cluster.conf names it: an absolute path (a file or
 /// device of ours) or a UUID (32 hex digits, found by scanning block devices).
-fn parse_region(region: &str) -> Result<HbTarget, String> {
+fn parse_region(region: &str) -> Result<HbTarget, DaemonError> {
     if region.starts_with('/') {
         return Ok(HbTarget::Device(region.as_bytes().to_vec()));
     }
@@ -159,9 +256,9 @@ fn parse_region(region: &str) -> Result<HbTarget, String> {
         }
         return Ok(HbTarget::Uuid(uuid));
     }
-    Err(format!(
-        "heartbeat region '{region}' is neither an absolute path nor a UUID"
-    ))
+    Err(DaemonError::BadRegion {
+        region: region.to_owned(),
+    })
 }
 
 /// Block devices from /proc/partitions, for finding a region by UUID.
@@ -248,7 +345,7 @@ impl Daemon {
     }
 
     /// Serves until SIGTERM or SIGINT, then removes the socket file.
-    pub fn run(self) -> io::Result<()> {
+    pub fn run(self) -> Result<(), DaemonError> {
         let mut signals = SigSet::empty();
         signals.add(Signal::SIGTERM);
         signals.add(Signal::SIGINT);
@@ -318,7 +415,7 @@ impl Daemon {
                 "lockd serving (single node)"
             );
         }
-        let result = lp.serve(&self.listener, &sfd);
+        let result = lp.serve(&self.listener, &sfd).map_err(DaemonError::from);
         if let Some(m) = lp.mesh.take() {
             m.shutdown(&lp.epoll);
         }
@@ -515,7 +612,7 @@ impl Loop<'_> {
 
     /// Becomes a node of `setup`'s cluster: listens for peers, connects,
     /// runs a cluster core, and starts the cluster's global heartbeat.
-    fn enter_cluster(&mut self, setup: ClusterSetup) -> io::Result<()> {
+    fn enter_cluster(&mut self, setup: ClusterSetup) -> Result<(), MeshError> {
         let node = NodeId(setup.node);
         let hb = &self.opts.settings.heartbeat;
         let net = &self.opts.settings.network;
@@ -579,7 +676,7 @@ impl Loop<'_> {
 
     /// Starts or stops (this service's reference on) one of the cluster's
     /// global regions, named by absolute path or UUID.
-    fn cluster_region(&mut self, region: &str, start: bool) -> Result<(), String> {
+    fn cluster_region(&mut self, region: &str, start: bool) -> Result<(), DaemonError> {
         let target = parse_region(region)?;
         let found = self.find_region(&target);
         let has_ref = found.is_some_and(|k| self.regions[&k].refs.contains_key(CLUSTER_SERVICE));
@@ -899,85 +996,84 @@ impl Loop<'_> {
     }
 
     /// Cluster registration is for root or lockd's own user.
-    fn allowed(&self, cred: Cred) -> Result<(), String> {
+    fn allowed(&self, cred: Cred) -> Result<(), DaemonError> {
         let me = nix::unistd::geteuid().as_raw();
         if cred.uid == 0 || cred.uid == me {
             Ok(())
         } else {
-            Err(format!(
-                "permission denied: only root or uid {me} may change lockd's cluster"
-            ))
+            Err(DaemonError::PermissionDenied { uid: me })
         }
     }
 
-    fn answer(&mut self, token: u64, tag: u64, r: Result<(), String>) {
+    fn answer(&mut self, token: u64, tag: u64, r: Result<(), DaemonError>) {
         let reply = match r {
             Ok(()) => ServerReply::Done,
-            Err(message) => ServerReply::Failed { message },
+            Err(e) => ServerReply::Failed {
+                message: e.to_string(),
+            },
         };
         self.send(token, &ServerMsg::Reply { tag, reply });
     }
 
-    fn running_cluster(&self, cluster: &str) -> Result<&Mesh, String> {
+    fn running_cluster(&self, cluster: &str) -> Result<&Mesh, DaemonError> {
         match &self.mesh {
-            None => Err("lockd runs no cluster (single node)".into()),
-            Some(m) if m.setup.name != cluster => Err(format!(
-                "lockd runs cluster '{}', not '{cluster}'",
-                m.setup.name
-            )),
+            None => Err(DaemonError::NoCluster),
+            Some(m) if m.setup.name != cluster => Err(DaemonError::OtherCluster {
+                running: m.setup.name.clone(),
+                asked: cluster.to_owned(),
+            }),
             Some(m) => Ok(m),
         }
     }
 
-    fn register_cluster(&mut self, conf: PathBuf, cluster: &str, node: &str) -> Result<(), String> {
+    fn register_cluster(
+        &mut self,
+        conf: PathBuf,
+        cluster: &str,
+        node: &str,
+    ) -> Result<(), DaemonError> {
         if let Some(m) = &self.mesh {
             return if m.setup.name == cluster {
                 Ok(())
             } else {
-                Err(format!(
-                    "lockd already runs cluster '{}'; unregister it first",
-                    m.setup.name
-                ))
+                Err(DaemonError::ClusterRunning {
+                    running: m.setup.name.clone(),
+                })
             };
         }
         let st = self.dlm.stats();
         if st.locks > 0 || st.domains > 0 {
-            return Err(format!(
-                "lockd holds {} lock(s) in {} domain(s) as a single node, which the cluster never saw; release them (or restart lockd) first",
-                st.locks, st.domains
-            ));
+            return Err(DaemonError::SingleNodeLocks {
+                locks: st.locks,
+                domains: st.domains,
+            });
         }
         if !self.regions.is_empty() {
-            return Err(
-                "heartbeat regions are active as a single node; stop them first (hb_ctl status)"
-                    .into(),
-            );
+            return Err(DaemonError::SingleNodeRegions);
         }
         let setup = ClusterSetup::load(&conf, Some(cluster), (!node.is_empty()).then_some(node))?;
-        self.enter_cluster(setup).map_err(|e| e.to_string())
+        Ok(self.enter_cluster(setup)?)
     }
 
-    /// "domains are joined: a, b", if any is.
-    fn joined_domains(&self) -> Option<String> {
-        let domains = self.dlm.domains();
-        (!domains.is_empty()).then(|| {
-            let names: Vec<String> = domains
-                .iter()
-                .map(|d| String::from_utf8_lossy(&d.name).into_owned())
-                .collect();
-            format!("domains are joined: {}", names.join(", "))
-        })
+    /// The names of the domains joined.
+    fn joined_domains(&self) -> Vec<String> {
+        self.dlm
+            .domains()
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.name).into_owned())
+            .collect()
     }
 
-    fn unregister_cluster(&mut self, cluster: &str) -> Result<(), String> {
+    fn unregister_cluster(&mut self, cluster: &str) -> Result<(), DaemonError> {
         self.running_cluster(cluster)?;
-        if let Some(joined) = self.joined_domains() {
-            return Err(joined);
+        let domains = self.joined_domains();
+        if !domains.is_empty() {
+            return Err(DaemonError::DomainsJoined { domains });
         }
         if self.regions.values().any(|e| !e.stopping) {
-            return Err(format!(
-                "heartbeat regions are active; stop them first (o2cb stop-heartbeat {cluster})"
-            ));
+            return Err(DaemonError::RegionsActive {
+                cluster: cluster.to_owned(),
+            });
         }
         let m = self.mesh.take().expect("running");
         m.shutdown(&self.epoll);
@@ -989,25 +1085,24 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn cluster_heartbeat(&mut self, cluster: &str, start: bool) -> Result<(), String> {
+    fn cluster_heartbeat(&mut self, cluster: &str, start: bool) -> Result<(), DaemonError> {
         let regions = self.running_cluster(cluster)?.setup.regions.clone();
         if !start && !regions.is_empty() {
             // The others would see this node stop and recover its locks
             // while it still holds them.
-            if let Some(joined) = self.joined_domains() {
-                return Err(format!(
-                    "{joined}; the other nodes would take this node for dead while it holds locks"
-                ));
+            let domains = self.joined_domains();
+            if !domains.is_empty() {
+                return Err(DaemonError::HeartbeatNeeded { domains });
             }
         }
-        let errors: Vec<String> = regions
+        let errors: Vec<DaemonError> = regions
             .iter()
             .filter_map(|r| self.cluster_region(r, start).err())
             .collect();
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors.join("; "))
+            Err(DaemonError::Regions { errors })
         }
     }
 
@@ -1457,5 +1552,100 @@ impl Loop<'_> {
             );
             self.route();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_the_tools_show_them() {
+        let cases = [
+            (
+                DaemonError::PermissionDenied { uid: 1000 },
+                "permission denied: only root or uid 1000 may change lockd's cluster",
+            ),
+            (
+                DaemonError::NoCluster,
+                "lockd runs no cluster (single node)",
+            ),
+            (
+                DaemonError::OtherCluster {
+                    running: "c1".into(),
+                    asked: "c2".into(),
+                },
+                "lockd runs cluster 'c1', not 'c2'",
+            ),
+            (
+                DaemonError::ClusterRunning {
+                    running: "c1".into(),
+                },
+                "lockd already runs cluster 'c1'; unregister it first",
+            ),
+            (
+                DaemonError::SingleNodeLocks {
+                    locks: 2,
+                    domains: 1,
+                },
+                "lockd holds 2 lock(s) in 1 domain(s) as a single node, which the cluster \
+                 never saw; release them (or restart lockd) first",
+            ),
+            (
+                DaemonError::SingleNodeRegions,
+                "heartbeat regions are active as a single node; stop them first (hb_ctl status)",
+            ),
+            (
+                DaemonError::DomainsJoined {
+                    domains: vec!["a".into(), "b".into()],
+                },
+                "domains are joined: a, b",
+            ),
+            (
+                DaemonError::RegionsActive {
+                    cluster: "c1".into(),
+                },
+                "heartbeat regions are active; stop them first (o2cb stop-heartbeat c1)",
+            ),
+            (
+                DaemonError::HeartbeatNeeded {
+                    domains: vec!["d".into()],
+                },
+                "domains are joined: d; the other nodes would take this node for dead while \
+                 it holds locks",
+            ),
+            (
+                DaemonError::Regions {
+                    errors: vec![
+                        parse_region("hb1").unwrap_err(),
+                        parse_region("sdb").unwrap_err(),
+                    ],
+                },
+                "heartbeat region 'hb1' is neither an absolute path nor a UUID; \
+                 heartbeat region 'sdb' is neither an absolute path nor a UUID",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn regions_are_paths_or_uuids() {
+        assert_eq!(
+            parse_region("/dev/sdb").unwrap(),
+            HbTarget::Device(b"/dev/sdb".to_vec())
+        );
+        assert_eq!(
+            parse_region("0123456789ABCDEF-0123456789abcdef").unwrap(),
+            HbTarget::Uuid([
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+                0xcd, 0xef
+            ])
+        );
+        assert!(matches!(
+            parse_region("sdb"),
+            Err(DaemonError::BadRegion { region }) if region == "sdb"
+        ));
     }
 }

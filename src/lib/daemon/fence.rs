@@ -26,8 +26,9 @@ use std::collections::BTreeSet;
 use tracing::{error, info, warn};
 
 use super::mesh::{ClusterSetup, Mesh};
-use super::{Loop, PEER_LISTENER, QuorumState};
+use super::{Loop, PEER_LISTENER};
 use crate::dlm::{Input, Millis, NodeId};
+use crate::proto::QuorumState;
 use crate::quorum::Source;
 
 /// Where this node is in fencing itself.

@@ -16,13 +16,18 @@
 //! there and reports what happened (a peer up or down, a message) as
 //! [`MeshEvent`]s for the lock manager core.
 //!
+//! The cluster's setup from cluster.conf is `setup`'s; checking the hello
+//! of an accepted connection is `handshake`'s.
+//!
 //! May depend on: `config`, `dlm` types, `proto::peer`, std, nix.
+
+mod handshake;
+mod setup;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd as _, IntoRawFd as _};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
@@ -31,141 +36,11 @@ use nix::sys::socket::{
 };
 use tracing::{debug, info, warn};
 
-use crate::config::{self, HeartbeatMode, Settings};
+use crate::config::Settings;
 use crate::dlm::PeerMsg;
 use crate::proto::peer::{self, PEER_VERSION, PeerFrame};
-
-/// A configured node, as the mesh needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerAddr {
-    /// Its name in cluster.conf.
-    pub name: String,
-    /// Where its lockd listens.
-    pub addr: SocketAddrV4,
-}
-
-/// The cluster a lockd runs, from cluster.conf.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterSetup {
-    /// The file it came from.
-    pub conf: PathBuf,
-    /// The cluster's name.
-    pub name: String,
-    /// This node's number.
-    pub node: u8,
-    /// Every configured node, this one included.
-    pub nodes: BTreeMap<u8, PeerAddr>,
-    /// Global heartbeat regions (absolute paths or UUIDs), empty in local
-    /// heartbeat mode.
-    pub regions: Vec<String>,
-}
-
-/// Whether `node_name` names this host the way o2cb decides which node is
-/// local: equal ignoring case to the host name, or to its part before the
-/// first dot.
-pub fn is_local_name(node_name: &str, hostname: &str) -> bool {
-    let short = hostname.split('.').next().unwrap_or(hostname);
-    node_name.eq_ignore_ascii_case(hostname) || node_name.eq_ignore_ascii_case(short)
-}
-
-/// This machine's host name.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
-}
-
-impl ClusterSetup {
-    /// Reads the cluster from `conf`: the one named `cluster` (or the only
-    /// one), with this node found by `node` (a node name; default: the host
-    /// name, as o2cb matches it).
-    pub fn load(conf: &Path, cluster: Option<&str>, node: Option<&str>) -> Result<Self, String> {
-        let cc = config::file::load(conf).map_err(|e| e.to_string())?;
-        let c = match cluster {
-            Some(name) => cc.cluster(name).ok_or_else(|| {
-                format!(
-                    "cluster '{name}' is not in {} (clusters: {})",
-                    conf.display(),
-                    names(cc.clusters.iter().map(|c| c.name.as_str()))
-                )
-            })?,
-            None => match cc.clusters.as_slice() {
-                [one] => one,
-                [] => return Err(format!("{} defines no cluster", conf.display())),
-                many => {
-                    return Err(format!(
-                        "{} defines several clusters ({}); name one",
-                        conf.display(),
-                        names(many.iter().map(|c| c.name.as_str()))
-                    ));
-                }
-            },
-        };
-        let host = hostname();
-        let me = match node {
-            Some(n) => c
-                .nodes
-                .iter()
-                .find(|x| x.name == n)
-                .or_else(|| c.nodes.iter().find(|x| x.name.eq_ignore_ascii_case(n))),
-            None => c.nodes.iter().find(|x| is_local_name(&x.name, &host)),
-        };
-        let Some(me) = me else {
-            let wanted = node.map_or_else(|| format!("host name '{host}'"), |n| format!("'{n}'"));
-            return Err(format!(
-                "node {wanted} is not in cluster '{}' of {} (configured nodes: {}); pass --node NAME",
-                c.name,
-                conf.display(),
-                names(c.nodes.iter().map(|n| n.name.as_str()))
-            ));
-        };
-        let mut nodes = BTreeMap::new();
-        for n in &c.nodes {
-            let number = u8::try_from(n.number)
-                .ok()
-                .filter(|&x| x < 255)
-                .ok_or_else(|| format!("node '{}' has number {}, above 254", n.name, n.number))?;
-            let port = u16::try_from(n.ip_port)
-                .ok()
-                .filter(|&p| p > 0)
-                .ok_or_else(|| format!("node '{}' has port {}, not 1-65535", n.name, n.ip_port))?;
-            nodes.insert(
-                number,
-                PeerAddr {
-                    name: n.name.clone(),
-                    addr: SocketAddrV4::new(n.ip_address, port),
-                },
-            );
-        }
-        let regions = if c.heartbeat_mode == HeartbeatMode::Global {
-            c.heartbeats.iter().map(|h| h.region.clone()).collect()
-        } else {
-            Vec::new()
-        };
-        Ok(ClusterSetup {
-            conf: conf.to_owned(),
-            name: c.name.clone(),
-            node: me.number as u8,
-            nodes,
-            regions,
-        })
-    }
-
-    /// This node's listening address.
-    pub fn addr(&self) -> SocketAddrV4 {
-        self.nodes[&self.node].addr
-    }
-}
-
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = it.collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
-}
+use handshake::{DECLARED_DEAD, Refusal};
+pub use setup::{ClusterSetup, PeerAddr, SetupError, hostname, is_local_name};
 
 /// What the mesh tells the core.
 #[derive(Debug)]
@@ -184,12 +59,26 @@ pub enum MeshEvent {
     DeclaredDead(u8),
 }
 
-/// The refusal that tells a node it was declared dead (recognised by
-/// [`MeshEvent::DeclaredDead`]).
-const DECLARED_DEAD: &str = "was declared dead and its locks recovered; its lockd must restart";
-
-fn declared_dead_reason(n: u8) -> String {
-    format!("node {n} {DECLARED_DEAD}")
+/// Why the mesh cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// This node's address cannot be listened on.
+    #[error("cannot listen on {addr} (node {node}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddrV4,
+        /// This node.
+        node: u8,
+        /// Why.
+        source: io::Error,
+    },
+    /// The listening socket cannot be set up or watched.
+    #[error(transparent)]
+    Io {
+        /// Why.
+        #[from]
+        source: io::Error,
+    },
 }
 
 /// Output buffered beyond this means the peer does not read: the
@@ -292,19 +181,20 @@ impl Mesh {
         settings: &Settings,
         epoll: &Epoll,
         listener_token: u64,
-    ) -> io::Result<Mesh> {
+    ) -> Result<Mesh, MeshError> {
         let addr = setup.addr();
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (node {}): {e}", setup.node),
-            )
+        let listener = TcpListener::bind(addr).map_err(|source| MeshError::Listen {
+            addr,
+            node: setup.node,
+            source,
         })?;
         listener.set_nonblocking(true)?;
-        epoll.add(
-            &listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, listener_token),
-        )?;
+        epoll
+            .add(
+                &listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, listener_token),
+            )
+            .map_err(io::Error::from)?;
         let now = Instant::now();
         let links = setup
             .nodes
@@ -650,7 +540,7 @@ impl Mesh {
                 PeerFrame::Msg(m) if c.up => out.push(MeshEvent::Msg(n, m)),
                 PeerFrame::Keepalive if c.up => {}
                 PeerFrame::Welcome { generation, .. } if dead_generation == Some(generation) => {
-                    let reason = declared_dead_reason(n);
+                    let reason = Refusal::DeclaredDead { node: n }.to_string();
                     // It must learn it: it may not know it was cut off.
                     c.push(
                         &PeerFrame::Refused {
@@ -686,142 +576,6 @@ impl Mesh {
                 }
             }
         }
-    }
-
-    /// A connection accepted and not yet identified.
-    fn accepted_event(&mut self, token: u64, epoll: &Epoll, out: &mut Vec<MeshEvent>) {
-        let c = self.accepted.get_mut(&token).expect("accepted");
-        let eof = read_all(&mut c.stream, &mut c.rbuf, &mut self.scratch);
-        let frame = match peer::decode_peer(&c.rbuf) {
-            Ok(Some((f, used))) => {
-                c.rbuf.drain(..used);
-                f
-            }
-            Ok(None) => {
-                if eof {
-                    let c = self.accepted.remove(&token).expect("accepted");
-                    let _ = epoll.delete(c.stream.as_fd());
-                }
-                return;
-            }
-            Err(e) => {
-                let c = self.accepted.remove(&token).expect("accepted");
-                warn!(peer = ?c.stream.peer_addr().ok(), error = %e, "malformed handshake; closing");
-                let _ = epoll.delete(c.stream.as_fd());
-                return;
-            }
-        };
-        let mut c = self.accepted.remove(&token).expect("accepted");
-        let peer_ip = c.stream.peer_addr().ok().and_then(|a| match a {
-            std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
-            std::net::SocketAddr::V6(_) => None,
-        });
-        match self.check_hello(&frame, peer_ip) {
-            Err(reason) => {
-                warn!(peer = ?c.stream.peer_addr().ok(), %reason, "refusing a peer connection");
-                let now = Instant::now();
-                c.push(&PeerFrame::Refused { reason }, now);
-                // Best effort: the refusal is small; then close.
-                let _ = c.stream.write(&c.wbuf);
-                let _ = epoll.delete(c.stream.as_fd());
-            }
-            Ok(n) => {
-                // A new connection from a node replaces its old one.
-                if self.links.get(&n).is_some_and(|l| l.conn.is_some()) {
-                    debug!(node = n, "replacing the connection to a peer");
-                    self.drop_link(n, epoll, out);
-                }
-                let now = Instant::now();
-                c.up = true;
-                c.push(
-                    &PeerFrame::Welcome {
-                        node: self.setup.node,
-                        generation: self.generation,
-                    },
-                    now,
-                );
-                self.tokens.insert(token, n);
-                let generation = match frame {
-                    PeerFrame::Hello { generation, .. } => generation,
-                    _ => 0,
-                };
-                let link = self.links.get_mut(&n).expect("checked");
-                link.conn = Some(c);
-                link.last_error = None;
-                info!(node = n, "peer connected");
-                Self::new_generation(link, n, generation, out);
-                out.push(MeshEvent::Up(n));
-                // Frames that came right behind the hello.
-                if self.process_link(n, epoll, out) {
-                    let _ = self.flush_link(n, epoll);
-                    if eof {
-                        self.drop_link(n, epoll, out);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The node a valid hello comes from.
-    fn check_hello(&self, frame: &PeerFrame, peer_ip: Option<Ipv4Addr>) -> Result<u8, String> {
-        let PeerFrame::Hello {
-            version,
-            cluster,
-            from,
-            from_name,
-            to,
-            generation,
-        } = frame
-        else {
-            return Err("expected a hello".into());
-        };
-        if *version != PEER_VERSION {
-            return Err(format!(
-                "peer protocol version {version} is not supported; this lockd speaks {PEER_VERSION}"
-            ));
-        }
-        if *cluster != self.setup.name {
-            return Err(format!(
-                "cluster '{cluster}' does not match this node's cluster '{}'",
-                self.setup.name
-            ));
-        }
-        if *to != self.setup.node {
-            return Err(format!("this is node {}, not node {to}", self.setup.node));
-        }
-        let Some(p) = self
-            .setup
-            .nodes
-            .get(from)
-            .filter(|_| *from != self.setup.node)
-        else {
-            return Err(format!(
-                "node {from} is not configured in cluster '{cluster}'"
-            ));
-        };
-        if p.name != *from_name {
-            return Err(format!(
-                "node {from} is '{}' in this node's cluster.conf, not '{from_name}'",
-                p.name
-            ));
-        }
-        if *from < self.setup.node {
-            return Err(format!(
-                "node {from} must wait for node {} to connect (higher numbers connect to lower)",
-                self.setup.node
-            ));
-        }
-        if peer_ip != Some(*p.addr.ip()) {
-            return Err(format!(
-                "node {from} must connect from {}, not {}",
-                p.addr.ip(),
-                peer_ip.map_or_else(|| "?".into(), |i| i.to_string())
-            ));
-        }
-        if self.links[from].dead_generation == Some(*generation) {
-            return Err(declared_dead_reason(*from));
-        }
-        Ok(*from)
     }
 
     /// Writes what is buffered for a link.
@@ -951,42 +705,5 @@ fn read_all(stream: &mut TcpStream, buf: &mut Vec<u8>, chunk: &mut [u8]) -> bool
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_node_names_follow_o2cb() {
-        assert!(is_local_name("node1", "node1"));
-        assert!(is_local_name("NODE1", "node1.example.com"));
-        assert!(is_local_name("node1.example.com", "node1.example.com"));
-        assert!(!is_local_name("node", "node1"));
-        assert!(!is_local_name("node1.example", "node1.example.com"));
-    }
-
-    #[test]
-    fn setup_names_the_missing_node_and_lists_the_configured_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("cluster.conf");
-        std::fs::write(
-            &conf,
-            "cluster:\n\tname = c1\n\theartbeat_mode = global\n\tnode_count = 2\n\n\
-             node:\n\tcluster = c1\n\tnumber = 1\n\tip_port = 7001\n\tip_address = 127.0.0.1\n\tname = alpha\n\n\
-             node:\n\tcluster = c1\n\tnumber = 2\n\tip_port = 7002\n\tip_address = 127.0.0.2\n\tname = beta\n\n\
-             heartbeat:\n\tcluster = c1\n\tregion = /tmp/hb\n",
-        )
-        .unwrap();
-        let s = ClusterSetup::load(&conf, None, Some("beta")).unwrap();
-        assert_eq!(s.node, 2);
-        assert_eq!(s.name, "c1");
-        assert_eq!(s.addr(), "127.0.0.2:7002".parse().unwrap());
-        assert_eq!(s.regions, vec!["/tmp/hb".to_string()]);
-        let e = ClusterSetup::load(&conf, None, Some("gamma")).unwrap_err();
-        assert!(e.contains("'gamma'") && e.contains("alpha, beta"), "{e}");
-        let e = ClusterSetup::load(&conf, Some("c2"), Some("beta")).unwrap_err();
-        assert!(e.contains("'c2'") && e.contains("c1"), "{e}");
     }
 }

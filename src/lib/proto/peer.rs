@@ -40,8 +40,8 @@
 //!
 //! May depend on: `dlm` types, std, `thiserror`.
 
-use super::DecodeError;
-use crate::dlm::{LvbCopy, MAX_NAME_LEN, Mode, NodeFailure, NodeId, PeerMsg, ReportEntry};
+use super::wire::{DecodeError, Reader, Writer, encode_frame, split_frame};
+use crate::dlm::{LvbCopy, MAX_NAME_LEN, NodeFailure, NodeId, PeerMsg, ReportEntry};
 
 /// Version of the peer protocol; the handshake refuses any other.
 pub const PEER_VERSION: u16 = 3;
@@ -93,7 +93,6 @@ const REFUSED: u8 = 2;
 const MSG: u8 = 3;
 const KEEPALIVE: u8 = 4;
 
-const NO_MODE: u8 = 0xff;
 /// Smallest encoded [`ReportEntry`]: empty name, no LVBs.
 const MIN_ENTRY_LEN: usize = 2 + 1 + 1 + 1 + 8 + 4 + 1 + 1 + 1;
 /// Encoded size of a (node, mode, pid) of a [`NodeFailure`].
@@ -101,62 +100,37 @@ const BLOCKER_LEN: usize = 1 + 1 + 4;
 
 // ---------------------------------------------------------------- writing
 
-struct Writer<'a>(&'a mut Vec<u8>);
-
-impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i32(&mut self, v: i32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bool(&mut self, v: bool) {
-        self.u8(u8::from(v));
-    }
-    /// A u16 length and the bytes (at most 65535 of them).
-    fn short_bytes(&mut self, b: &[u8]) {
-        let n = b.len().min(usize::from(u16::MAX));
-        self.u16(n as u16);
-        self.0.extend_from_slice(&b[..n]);
-    }
+/// The peer protocol's fields above the primitives.
+trait PutPeer {
     /// A domain or resource name.
+    fn name(&mut self, b: &[u8]);
+    /// A u8 count and the node numbers (at most 255 of them).
+    fn nodes(&mut self, nodes: &[NodeId]);
+    /// A vector's count.
+    fn count(&mut self, n: usize);
+    fn lvb(&mut self, l: &LvbCopy);
+    fn opt_lvb(&mut self, l: Option<&LvbCopy>);
+    fn entries(&mut self, entries: &[ReportEntry]);
+    fn failure(&mut self, f: &NodeFailure);
+    fn msg(&mut self, m: &PeerMsg);
+}
+
+impl PutPeer for Writer<'_> {
     fn name(&mut self, b: &[u8]) {
         self.short_bytes(b);
-    }
-    /// A string, cut at a character boundary to fit a u16 length.
-    fn str(&mut self, s: &str) {
-        let mut end = s.len().min(usize::from(u16::MAX));
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.short_bytes(&s.as_bytes()[..end]);
     }
     fn nodes(&mut self, nodes: &[NodeId]) {
         let n = nodes.len().min(usize::from(u8::MAX));
         self.u8(n as u8);
-        self.0.extend(nodes[..n].iter().map(|n| n.0));
+        for node in &nodes[..n] {
+            self.u8(node.0);
+        }
     }
-    /// A vector's count.
     fn count(&mut self, n: usize) {
         self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
-    fn mode(&mut self, m: Mode) {
-        self.u8(m as u8);
-    }
-    fn opt_mode(&mut self, m: Option<Mode>) {
-        self.u8(m.map_or(NO_MODE, |m| m as u8));
-    }
     fn lvb(&mut self, l: &LvbCopy) {
-        self.0.extend_from_slice(&l.value);
+        self.raw(&l.value);
         self.u64(l.seq);
         self.bool(l.valid);
     }
@@ -376,11 +350,8 @@ impl Writer<'_> {
 
 /// Appends one frame (4-byte little-endian payload length, then payload) to `buf`.
 pub fn encode_peer_into(frame: &PeerFrame, buf: &mut Vec<u8>) {
-    let start = buf.len();
-    // The length prefix, filled in below.
-    buf.extend_from_slice(&[0; 4]);
-    let mut w = Writer(buf);
-    match frame {
+    // Too long to say: the length is u32::MAX, refused as too large.
+    encode_frame(buf, |w| match frame {
         PeerFrame::Hello {
             version,
             cluster,
@@ -389,11 +360,11 @@ pub fn encode_peer_into(frame: &PeerFrame, buf: &mut Vec<u8>) {
             to,
             generation,
         } => {
-            w.0.extend_from_slice(PEER_MAGIC);
+            w.raw(PEER_MAGIC);
             w.u16(*version);
-            w.str(cluster);
+            w.short_str(cluster);
             w.u8(*from);
-            w.str(from_name);
+            w.short_str(from_name);
             w.u8(*to);
             w.u64(*generation);
         }
@@ -404,68 +375,35 @@ pub fn encode_peer_into(frame: &PeerFrame, buf: &mut Vec<u8>) {
         }
         PeerFrame::Refused { reason } => {
             w.u8(REFUSED);
-            w.str(reason);
+            w.short_str(reason);
         }
         PeerFrame::Msg(m) => {
             w.u8(MSG);
             w.msg(m);
         }
         PeerFrame::Keepalive => w.u8(KEEPALIVE),
-    }
-    // Too long to say: the receiver refuses it as too large.
-    let len = u32::try_from(buf.len() - start - 4).unwrap_or(u32::MAX);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    });
 }
 
 // ---------------------------------------------------------------- reading
 
-struct Reader<'a> {
-    b: &'a [u8],
-    /// What is being decoded, for errors.
-    what: &'static str,
+/// The peer protocol's fields above the primitives.
+trait GetPeer {
+    fn node(&mut self) -> Result<NodeId, DecodeError>;
+    /// A domain or resource name: at most [`MAX_NAME_LEN`] bytes.
+    fn name(&mut self) -> Result<Vec<u8>, DecodeError>;
+    fn nodes(&mut self) -> Result<Vec<NodeId>, DecodeError>;
+    fn lvb(&mut self) -> Result<LvbCopy, DecodeError>;
+    fn opt_lvb(&mut self) -> Result<Option<LvbCopy>, DecodeError>;
+    fn entries(&mut self) -> Result<Vec<ReportEntry>, DecodeError>;
+    fn failure(&mut self) -> Result<NodeFailure, DecodeError>;
+    fn msg(&mut self) -> Result<PeerMsg, DecodeError>;
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.b.len() < n {
-            return Err(DecodeError::Truncated(self.what));
-        }
-        let (head, tail) = self.b.split_at(n);
-        self.b = tail;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        Ok(self.take(N)?.try_into().expect("took N bytes"))
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        self.array().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        self.array().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        self.array().map(u64::from_le_bytes)
-    }
-    fn i32(&mut self) -> Result<i32, DecodeError> {
-        self.array().map(i32::from_le_bytes)
-    }
-    fn bool(&mut self) -> Result<bool, DecodeError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            value => Err(DecodeError::Unknown {
-                what: "boolean",
-                value,
-            }),
-        }
-    }
+impl GetPeer for Reader<'_> {
     fn node(&mut self) -> Result<NodeId, DecodeError> {
         self.u8().map(NodeId)
     }
-    /// A domain or resource name.
     fn name(&mut self) -> Result<Vec<u8>, DecodeError> {
         let n = usize::from(self.u16()?);
         if n > MAX_NAME_LEN {
@@ -473,39 +411,9 @@ impl<'a> Reader<'a> {
         }
         Ok(self.take(n)?.to_vec())
     }
-    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
-        let n = usize::from(self.u16()?);
-        let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8(what))
-    }
     fn nodes(&mut self) -> Result<Vec<NodeId>, DecodeError> {
         let n = usize::from(self.u8()?);
         Ok(self.take(n)?.iter().copied().map(NodeId).collect())
-    }
-    /// A vector's count, each item at least `min` bytes: never more than
-    /// the rest of the payload could hold.
-    fn count(&mut self, min: usize) -> Result<usize, DecodeError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min) > self.b.len() {
-            return Err(DecodeError::Truncated(self.what));
-        }
-        Ok(n)
-    }
-    fn mode(&mut self) -> Result<Mode, DecodeError> {
-        let value = self.u8()?;
-        Mode::from_u8(value).ok_or(DecodeError::Unknown {
-            what: "mode",
-            value,
-        })
-    }
-    fn opt_mode(&mut self) -> Result<Option<Mode>, DecodeError> {
-        match self.u8()? {
-            NO_MODE => Ok(None),
-            value => Mode::from_u8(value).map(Some).ok_or(DecodeError::Unknown {
-                what: "mode",
-                value,
-            }),
-        }
     }
     fn lvb(&mut self) -> Result<LvbCopy, DecodeError> {
         Ok(LvbCopy {
@@ -661,13 +569,6 @@ impl<'a> Reader<'a> {
             }
         })
     }
-    fn end(&self) -> Result<(), DecodeError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::Trailing(self.b.len()))
-        }
-    }
 }
 
 /// Decodes one frame from the front of `buf`: Ok(None) when more bytes are
@@ -675,53 +576,43 @@ impl<'a> Reader<'a> {
 /// an Err (never a panic, never an allocation driven by an untrusted length
 /// beyond the bytes actually present).
 pub fn decode_peer(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, DecodeError> {
-    let Some(prefix) = buf.first_chunk::<4>() else {
+    let Some((payload, used)) = split_frame(buf, MAX_PEER_FRAME)? else {
         return Ok(None);
     };
-    let len = u32::from_le_bytes(*prefix) as usize;
-    if len > MAX_PEER_FRAME {
-        return Err(DecodeError::TooLarge(len));
-    }
-    let Some(payload) = buf.get(4..4 + len) else {
-        return Ok(None);
-    };
-    let mut r = Reader {
-        b: payload,
-        what: "peer frame",
-    };
+    let mut r = Reader::new(payload, "peer frame");
     let frame = match r.u8()? {
         HELLO => {
             if !payload.starts_with(PEER_MAGIC) {
                 return Err(DecodeError::BadMagic);
             }
             r.take(PEER_MAGIC.len() - 1)?;
-            r.what = "hello";
+            r.set_what("hello");
             PeerFrame::Hello {
                 version: r.u16()?,
-                cluster: r.string("cluster name")?,
+                cluster: r.short_str("cluster name")?,
                 from: r.u8()?,
-                from_name: r.string("node name")?,
+                from_name: r.short_str("node name")?,
                 to: r.u8()?,
                 // Version 1 and 2 hellos end here: read as generation 0,
                 // so that the version check refuses them by name.
-                generation: if r.b.is_empty() { 0 } else { r.u64()? },
+                generation: if r.is_empty() { 0 } else { r.u64()? },
             }
         }
         WELCOME => {
-            r.what = "welcome";
+            r.set_what("welcome");
             PeerFrame::Welcome {
                 node: r.u8()?,
                 generation: r.u64()?,
             }
         }
         REFUSED => {
-            r.what = "refusal";
+            r.set_what("refusal");
             PeerFrame::Refused {
-                reason: r.string("refusal reason")?,
+                reason: r.short_str("refusal reason")?,
             }
         }
         MSG => {
-            r.what = "peer message";
+            r.set_what("peer message");
             PeerFrame::Msg(r.msg()?)
         }
         KEEPALIVE => PeerFrame::Keepalive,
@@ -733,7 +624,7 @@ pub fn decode_peer(buf: &[u8]) -> Result<Option<(PeerFrame, usize)>, DecodeError
         }
     };
     r.end()?;
-    Ok(Some((frame, 4 + len)))
+    Ok(Some((frame, used)))
 }
 
 #[cfg(test)]
@@ -742,7 +633,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::dlm::LVB_LEN;
+    use crate::dlm::{LVB_LEN, Mode};
+    use crate::proto::wire::NO_MODE;
 
     fn lvb(fill: u8, seq: u64, valid: bool) -> LvbCopy {
         let mut value = [0; LVB_LEN];
@@ -974,10 +866,8 @@ mod tests {
 
     /// A frame around a payload written by `body`.
     fn frame_of(body: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
-        let mut payload = Vec::new();
-        body(&mut Writer(&mut payload));
-        let mut b = (payload.len() as u32).to_le_bytes().to_vec();
-        b.extend(payload);
+        let mut b = Vec::new();
+        encode_frame(&mut b, body);
         b
     }
 
@@ -1073,9 +963,9 @@ mod tests {
 
     #[test]
     fn bad_magic() {
-        let b = frame_of(|w| w.0.extend_from_slice(b"o2tl\x03\x00"));
+        let b = frame_of(|w| w.raw(b"o2tl\x03\x00"));
         assert_eq!(decode_peer(&b), Err(DecodeError::BadMagic));
-        let b = frame_of(|w| w.0.extend_from_slice(b"o2p"));
+        let b = frame_of(|w| w.raw(b"o2p"));
         assert_eq!(decode_peer(&b), Err(DecodeError::BadMagic));
     }
 
@@ -1149,7 +1039,7 @@ mod tests {
             w.count(1);
             w.name(b"r");
             w.u8(6);
-            w.0.extend_from_slice(&[0; MIN_ENTRY_LEN]);
+            w.raw(&[0; MIN_ENTRY_LEN]);
         });
         assert_eq!(
             decode_peer(&b),
@@ -1209,7 +1099,7 @@ mod tests {
                 w.u64(1);
                 w.count(count as usize);
                 // Room for one small entry, not two.
-                w.0.extend_from_slice(&[0; MIN_ENTRY_LEN + 1]);
+                w.raw(&[0; MIN_ENTRY_LEN + 1]);
             });
             assert_eq!(decode_peer(&b), Err(DecodeError::Truncated("peer message")));
         }
@@ -1246,7 +1136,7 @@ mod tests {
             w.u8(MSG);
             w.u8(6);
             w.u16(40);
-            w.0.extend_from_slice(b"short");
+            w.raw(b"short");
         });
         assert_eq!(decode_peer(&b), Err(DecodeError::Truncated("peer message")));
         // An empty payload.
@@ -1255,7 +1145,7 @@ mod tests {
             Err(DecodeError::Truncated("peer frame"))
         );
         // A hello cut after its magic.
-        let b = frame_of(|w| w.0.extend_from_slice(PEER_MAGIC));
+        let b = frame_of(|w| w.raw(PEER_MAGIC));
         assert_eq!(decode_peer(&b), Err(DecodeError::Truncated("hello")));
     }
 
@@ -1291,9 +1181,116 @@ mod tests {
         let b = frame_of(|w| {
             w.u8(REFUSED);
             w.u16(2);
-            w.0.extend_from_slice(&[0xc3, 0x28]);
+            w.raw(&[0xc3, 0x28]);
         });
         assert_eq!(decode_peer(&b), Err(DecodeError::Utf8("refusal reason")));
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The exact bytes of a few frames, recorded from the encoder (spaces
+    /// only separate fields): a change to the encoding fails here even when
+    /// encoder and decoder change together.
+    #[test]
+    fn golden_bytes() {
+        let dom = || b"webfarm".to_vec();
+        let cases = [
+            (
+                PeerFrame::Hello {
+                    version: 3,
+                    cluster: "ocfs2".into(),
+                    from: 3,
+                    from_name: "nöde-three".into(),
+                    to: 200,
+                    generation: 0x0123_4567_89ab_cdef,
+                },
+                "24000000 6f327072 0300 0500 6f63667332 03 0b00 6ec3b664652d7468726565 c8 \
+                 efcdab8967452301",
+            ),
+            (
+                PeerFrame::Welcome {
+                    node: 200,
+                    generation: u64::MAX,
+                },
+                "0a000000 01 c8 ffffffffffffffff",
+            ),
+            (
+                PeerFrame::Refused {
+                    reason: "wrong cluster".into(),
+                },
+                "10000000 02 0d00 77726f6e6720636c7573746572",
+            ),
+            (PeerFrame::Keepalive, "01000000 04"),
+            (
+                PeerFrame::Msg(PeerMsg::Lock {
+                    domain: dom(),
+                    epoch: 15,
+                    resource: b"res".to_vec(),
+                    want: Mode::CW,
+                    noqueue: true,
+                    seq: 16,
+                    pid: -1,
+                    lvb: Some(lvb(1, 2, true)),
+                }),
+                "70000000 03 08 0700 7765626661726d 0f00000000000000 0300 726573 02 01 \
+                 1000000000000000 ffffffff \
+                 01 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20\
+                 2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40 \
+                 0200000000000000 01",
+            ),
+            (
+                PeerFrame::Msg(PeerMsg::Failed {
+                    domain: dom(),
+                    epoch: 21,
+                    resource: b"res".to_vec(),
+                    want: Mode::EX,
+                    seq: 22,
+                    failure: NodeFailure::Busy(vec![
+                        (NodeId(2), Mode::PR, 1234),
+                        (NodeId(3), Mode::CR, -5),
+                    ]),
+                }),
+                "32000000 03 0b 0700 7765626661726d 1500000000000000 0300 726573 05 \
+                 1600000000000000 01 02000000 02 03 d2040000 03 01 fbffffff",
+            ),
+            (
+                PeerFrame::Msg(PeerMsg::Freeze {
+                    domain: dom(),
+                    epoch: 10,
+                    old: vec![NodeId(1), NodeId(2)],
+                    new: vec![NodeId(1), NodeId(2), NodeId(7)],
+                    initiator: NodeId(7),
+                    lost: vec![NodeId(3)],
+                }),
+                "1d000000 03 04 0700 7765626661726d 0a00000000000000 02 0102 03 010207 07 01 03",
+            ),
+            (
+                PeerFrame::Msg(PeerMsg::Report {
+                    domain: b"d".to_vec(),
+                    epoch: 10,
+                    entries: vec![ReportEntry {
+                        resource: b"r1".to_vec(),
+                        granted: Some(Mode::NL),
+                        want: None,
+                        noqueue: false,
+                        seq: 1,
+                        pid: 7,
+                        lvb: None,
+                        master_lvb: None,
+                        lost_writer: true,
+                    }],
+                }),
+                "27000000 03 05 0100 64 0a00000000000000 01000000 \
+                 0200 7231 00 ff 00 0100000000000000 07000000 00 00 01",
+            ),
+        ];
+        for (f, want) in cases {
+            let b = encode(&f);
+            assert_eq!(hex(&b), want.replace(' ', ""), "{f:?}");
+            assert_eq!(decode_peer(&b), Ok(Some((f, b.len()))));
+        }
     }
 
     // ------------------------------------------------------------ properties

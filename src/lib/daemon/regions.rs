@@ -222,6 +222,9 @@ impl Loop<'_> {
                         liveness::Event::NodeUp { .. } | liveness::Event::NodeDown { .. } => {
                             info!(device = %e.device.display(), "{ev}");
                         }
+                        liveness::Event::ForeignWriter { .. } => {
+                            warn!(device = %e.device.display(), "{ev}");
+                        }
                         _ => {}
                     }
                     if let liveness::Event::NodeDown { node, reason } = ev {

@@ -48,10 +48,19 @@
 //! count on every sample without change, so a node must change on
 //! `live_threshold` consecutive samples.
 //!
-//! A block whose `node` field differs from its slot (a misconfigured node
-//! writing someone else's slot) is activity *of the slot*, exactly as the
-//! kernel sees it: events name the slot's node, and the writer is exposed in
-//! [`Event::NodeUp`] and [`SlotStatus::writer`].
+//! - **Another node in the slot.** A block whose `node` field differs from
+//!   its slot (a misconfigured node writing someone else's slot) says
+//!   nothing of the slot's node: it is reported once per change of writer
+//!   ([`Event::ForeignWriter`], and [`SlotStatus::writer`]) and otherwise
+//!   counts like a damaged block, as a sample without change, leaving the
+//!   seq and generation of the slot's node alone. So another node can
+//!   neither keep the slot's node alive, nor bring it up, nor make it look
+//!   restarted; the slot's node, which sees the other writer in its own
+//!   slot, fences itself, and the others declare it dead by its clean stop
+//!   or by silence, never while it may still hold locks. (The kernel counts
+//!   such blocks as the slot's activity, so its generation flips between
+//!   the two writers and the slot's node is declared down at once, while it
+//!   still runs.)
 //!
 //! Our own slot is not evaluated as a peer and never becomes live here (the
 //! kernel does evaluate it, so there the local node shows up in its own live
@@ -231,6 +240,14 @@ pub enum Event {
         /// The first difference.
         kind: MismatchKind,
     },
+    /// Another node writes this peer's slot (from now on: reported when
+    /// the writer changes).
+    ForeignWriter {
+        /// The slot.
+        slot: u8,
+        /// The node number in the block.
+        writer: u8,
+    },
     /// A node came up announcing a dead time different from ours.
     DeadMsMismatch {
         /// The node.
@@ -256,6 +273,10 @@ impl fmt::Display for Event {
             Event::BadChecksum { slot, .. } => {
                 write!(f, "node {slot} has written a bad checksum")
             }
+            Event::ForeignWriter { slot, writer } => write!(
+                f,
+                "node {writer} writes node {slot}'s heartbeat slot (not a sign of life of node {slot})"
+            ),
             Event::OwnSlotMismatch {
                 expected,
                 found,
@@ -439,6 +460,24 @@ impl Liveness {
         }
 
         let b = &d.block;
+        if b.node != slot {
+            if st.writer != b.node {
+                events.push(Event::ForeignWriter {
+                    slot,
+                    writer: b.node,
+                });
+            }
+            st.writer = b.node;
+            if st.live {
+                st.equal_samples = st.equal_samples.saturating_add(1);
+                if st.equal_samples >= cfg.dead_threshold {
+                    Self::go_down(st, slot, DownReason::Timeout, events);
+                }
+            } else if cfg.consecutive_changes {
+                st.changed_samples = 0;
+            }
+            return;
+        }
         let changed = b.seq != st.seq;
         if changed {
             st.seq = b.seq;
@@ -607,6 +646,10 @@ mod tests {
 
     fn down(at: usize, reason: DownReason) -> (usize, Event) {
         (at, Event::NodeDown { node: PEER, reason })
+    }
+
+    fn foreign(at: usize, writer: u8) -> (usize, Event) {
+        (at, Event::ForeignWriter { slot: PEER, writer })
     }
 
     fn bad_ck(at: usize) -> (usize, Event) {
@@ -845,16 +888,51 @@ mod tests {
                 true,
             ),
             case(
-                "another node writing the slot is activity of the slot",
-                vec![written_by(5, 101), written_by(5, 102)],
-                vec![(
-                    1,
-                    Event::NodeUp {
-                        node: PEER,
-                        writer: 5,
-                    },
-                )],
+                "another node writing the slot is no activity of the slot",
+                vec![written_by(5, 101), written_by(5, 102), written_by(5, 103)],
+                vec![foreign(0, 5)],
+                false,
+            ),
+            case(
+                "another node in a live node's slot neither keeps it alive",
+                cat(vec![
+                    changes(101, 2),
+                    (0..u64::from(DEFAULT_DEAD_THRESHOLD))
+                        .map(|i| written_by(5, 200 + i))
+                        .collect(),
+                ]),
+                vec![
+                    up(1),
+                    foreign(2, 5),
+                    down(
+                        1 + DEFAULT_DEAD_THRESHOLD as usize,
+                        DownReason::Timeout,
+                    ),
+                ],
+                false,
+            ),
+            case(
+                "nor makes it look restarted (alternating writers)",
+                cat(vec![
+                    changes(101, 2),
+                    (0..10)
+                        .flat_map(|i| [written_by(5, 900 + i), ok(103 + i, G)])
+                        .collect(),
+                ]),
+                cat(vec![
+                    vec![up(1)],
+                    (0..10).map(|i| foreign(2 + 2 * i, 5)).collect(),
+                ]),
                 true,
+            ),
+            case(
+                "nor brings it up",
+                cat(vec![
+                    vec![ok(101, G)],
+                    (0..5).map(|i| written_by(5, 200 + i)).collect(),
+                ]),
+                vec![foreign(1, 5)],
+                false,
             ),
             case(
                 "stale initial content never counts",

@@ -904,10 +904,7 @@ mod tests {
                 vec![
                     up(1),
                     foreign(2, 5),
-                    down(
-                        1 + DEFAULT_DEAD_THRESHOLD as usize,
-                        DownReason::Timeout,
-                    ),
+                    down(1 + DEFAULT_DEAD_THRESHOLD as usize, DownReason::Timeout),
                 ],
                 false,
             ),

@@ -6,7 +6,7 @@
 //! May depend on: the parent module and its siblings, `dlm`, `proto`, nix.
 
 use std::ffi::OsStr;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixListener;
@@ -324,24 +324,7 @@ impl Loop<'_> {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
-        let mut written = 0;
-        let mut broken = false;
-        while written < c.wbuf.len() {
-            match c.stream.write(&c.wbuf[written..]) {
-                Ok(0) => {
-                    broken = true;
-                    break;
-                }
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
-        }
-        c.wbuf.drain(..written);
+        let broken = super::outbuf::write_pending(&mut c.stream, &mut c.wbuf).is_err();
         if broken || (c.closing && c.wbuf.is_empty()) {
             self.close(token);
             return;
@@ -351,17 +334,14 @@ impl Loop<'_> {
             self.close(token);
             return;
         }
-        let want = !c.wbuf.is_empty();
-        if want != c.writing {
-            c.writing = want;
-            let flags = if want {
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
-            } else {
-                EpollFlags::EPOLLIN
-            };
-            let mut ev = EpollEvent::new(flags, token);
-            let _ = self.epoll.modify(c.stream.as_fd(), &mut ev);
-        }
+        let pending = !c.wbuf.is_empty();
+        super::outbuf::watch_writable(
+            &self.epoll,
+            c.stream.as_fd(),
+            token,
+            &mut c.writing,
+            pending,
+        );
     }
 
     fn close(&mut self, token: u64) {

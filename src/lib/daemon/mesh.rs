@@ -586,32 +586,13 @@ impl Mesh {
         if c.connecting {
             return Ok(());
         }
-        let mut written = 0;
-        while written < c.wbuf.len() {
-            match c.stream.write(&c.wbuf[written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => written += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        c.wbuf.drain(..written);
+        super::outbuf::write_pending(&mut c.stream, &mut c.wbuf)?;
         if c.wbuf.len() > MAX_PENDING {
             warn!(node = n, "peer does not read; dropping the connection");
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let want = !c.wbuf.is_empty();
-        if want != c.writing {
-            c.writing = want;
-            let flags = if want {
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
-            } else {
-                EpollFlags::EPOLLIN
-            };
-            let mut ev = EpollEvent::new(flags, c.token);
-            let _ = epoll.modify(c.stream.as_fd(), &mut ev);
-        }
+        let pending = !c.wbuf.is_empty();
+        super::outbuf::watch_writable(epoll, c.stream.as_fd(), c.token, &mut c.writing, pending);
         Ok(())
     }
 

@@ -35,6 +35,7 @@ mod event_loop;
 mod fence;
 mod heartbeat;
 pub mod mesh;
+mod outbuf;
 mod regions;
 mod socket;
 mod status;

@@ -59,6 +59,9 @@ pub fn pick_port(nodes: u8) -> u16 {
     panic!("no free port near {base}");
 }
 
+/// lockd's `RUST_LOG` unless [`Spec::log_filter`] says otherwise.
+pub const DEFAULT_LOG_FILTER: &str = "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug";
+
 /// What to build: see [`Spec::new`] for the defaults.
 pub struct Spec {
     cluster: String,
@@ -69,6 +72,7 @@ pub struct Spec {
     wait_s: u64,
     cmd_s: u64,
     lockd: PathBuf,
+    log_filter: String,
     wrap: Option<Box<dyn Fn(usize) -> Vec<OsString>>>,
     log_lines: usize,
     dir_prefix: String,
@@ -79,7 +83,8 @@ impl Spec {
     /// Cluster `cluster` of nodes `node1`..`nodeN` numbered from 1, on
     /// 127.0.0.1..N and one port from [`pick_port`]; lockd's default
     /// settings; 60 s to wait for the cluster, 90 s for one dlmctl; our
-    /// lockd, unwrapped; the last 80 lines of each log on a failure.
+    /// lockd, unwrapped, logging at [`DEFAULT_LOG_FILTER`]; the last 80
+    /// lines of each log on a failure.
     pub fn new(cluster: &str, nodes: u8, hb: Heartbeat) -> Spec {
         Spec {
             cluster: cluster.to_owned(),
@@ -90,6 +95,7 @@ impl Spec {
             wait_s: 60,
             cmd_s: 90,
             lockd: bin("lockd"),
+            log_filter: DEFAULT_LOG_FILTER.to_owned(),
             wrap: None,
             log_lines: 80,
             dir_prefix: ".tmp".to_owned(),
@@ -121,6 +127,12 @@ impl Spec {
     /// Another lockd binary.
     pub fn lockd(mut self, path: PathBuf) -> Spec {
         self.lockd = path;
+        self
+    }
+
+    /// lockd's `RUST_LOG` (a benchmark wants less than the tests' debug).
+    pub fn log_filter(mut self, filter: &str) -> Spec {
+        self.log_filter = filter.to_owned();
         self
     }
 
@@ -195,6 +207,7 @@ impl Spec {
             wait_s: self.wait_s,
             cmd_s: self.cmd_s,
             lockd: self.lockd,
+            log_filter: self.log_filter,
             wrap: self.wrap,
             log_lines: self.log_lines,
             keep_on_failure: self.keep_on_failure,
@@ -216,7 +229,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
+    /// Starts `cmd` (a lockd of the cluster, or any helper process).
+    pub fn spawn(cmd: &mut Command) -> Proc {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -342,6 +356,7 @@ pub struct Cluster {
     pub wait_s: u64,
     pub cmd_s: u64,
     lockd: PathBuf,
+    log_filter: String,
     wrap: Option<Box<dyn Fn(usize) -> Vec<OsString>>>,
     log_lines: usize,
     keep_on_failure: bool,
@@ -407,10 +422,7 @@ impl Cluster {
             .args(["--cluster", &self.cluster, "--node", &n.name])
             .env_remove("LOCKD_SETTINGS")
             .env_remove("LOCKD_SOCKET")
-            .env(
-                "RUST_LOG",
-                "info,o2tools::dlm=debug,o2tools::daemon::mesh=debug",
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -8,10 +8,14 @@
 //! relay1, relay-split, unix, tcp). `CLUSTERBENCH_LOCKD=PATH` measures
 //! another lockd build with the same bench binary (A/B of a patch).
 //!
-//! Setup: a two-node cluster (`heartbeat_mode = local`, so no disk
-//! heartbeat): node 1 "alpha" listens on 127.0.0.1, node 2 "beta" on
-//! 127.0.0.2, same free port; each lockd is started with a temporary socket
-//! and killed by pid at the end, as in `lockbench`. Both nodes join (and pin)
+//! Setup, with the multi-node harness of the tests
+//! (`tests/common/cluster.rs`): a two-node cluster (`heartbeat_mode =
+//! local`, so no disk heartbeat; `reconnect_delay_ms = 100`): node 1
+//! listens on 127.0.0.1, node 2 on 127.0.0.2, same free port; each lockd
+//! runs on its own socket in a temporary directory, logs (warnings only) to
+//! `nodeN.log` there, and is killed by pid at the end, as are the
+//! single-node lockd and the helper processes below. The harness returns
+//! once each node sees the other connected. Both nodes join (and pin)
 //! the domain before anything is timed. "A" is a client of node 1, "B" a
 //! client of node 2. Masters are computed with [`o2tools::dlm::master_of`]
 //! over the domain's members and checked once against lockd (`Client::locks`).
@@ -68,20 +72,26 @@
 //! (everything on CPU 0) and `unpinned`. This VM wakes an idle vCPU slowly,
 //! so placement matters.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
 
 use common::{num_cpus, percentile, pin, samples};
+use harness::cluster::{Cluster, Heartbeat, Proc, Spec, pick_port};
+use harness::wait_for;
 use o2tools::client::{Client, LockOptions};
 use o2tools::dlm::{Mode, NodeId, master_of};
 
+const CLUSTER: &str = "benchc";
 const DOMAIN: &[u8] = b"bench";
 const NODE_A: u8 = 1;
 const NODE_B: u8 = 2;
@@ -287,85 +297,19 @@ fn relay(path: &Path, to: &str) -> ! {
 // Processes
 // ---------------------------------------------------------------------
 
-/// A child process, killed by pid when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{what} never answered");
-}
-
-fn start_echo_unix(dir: &Path) -> (Proc, PathBuf) {
-    let path = dir.join("echo.sock");
-    let child = Command::new(std::env::current_exe().unwrap())
-        .arg("--echo-unix")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the Unix echo server", || {
-        UnixStream::connect(&path).is_ok()
-    });
-    (Proc { child }, path)
-}
-
-fn start_echo_tcp(addr: SocketAddrV4) -> Proc {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .arg("--echo-tcp")
-        .arg(addr.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the TCP echo server", || TcpStream::connect(addr).is_ok());
-    Proc { child }
-}
-
-fn start_relay(dir: &Path, to: SocketAddrV4) -> (Proc, PathBuf) {
-    let path = dir.join("relay.sock");
-    let child = Command::new(std::env::current_exe().unwrap())
-        .arg("--relay")
-        .arg(&path)
-        .arg(to.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the relay", || path.exists());
-    (Proc { child }, path)
-}
-
-/// A port free on both loopback addresses.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let l = TcpListener::bind((IP_A, 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        if TcpListener::bind((IP_B, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free on both {IP_A} and {IP_B}");
+/// The two nodes, configured and started by the multi-node harness
+/// (`tests/common/cluster.rs`): cluster.conf written with our `o2cb`, node 1
+/// on 127.0.0.1 and node 2 on 127.0.0.2, one port free on both; returns
+/// once each node sees the other connected.
+fn start_cluster() -> Cluster {
+    Spec::new(CLUSTER, 2, Heartbeat::Local)
+        .addrs(vec![IP_A.to_string(), IP_B.to_string()], pick_port(2))
+        // The shortest reconnect delay: the first join settles 1.1 s after start.
+        .settings("[network]\nreconnect_delay_ms = 100\n")
+        .lockd(lockd_bin())
+        .log_filter("warn")
+        .dir_prefix("clusterbench.")
+        .start()
 }
 
 /// The lockd to measure: `$CLUSTERBENCH_LOCKD` (to compare a patched build
@@ -373,61 +317,72 @@ fn free_port() -> u16 {
 fn lockd_bin() -> PathBuf {
     std::env::var_os("CLUSTERBENCH_LOCKD")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lockd")))
+        .unwrap_or_else(|| harness::bin("lockd"))
 }
 
-/// Starts lockd; `cluster`: (cluster.conf, settings, node name).
-fn start_lockd(dir: &Path, name: &str, cluster: Option<(&Path, &Path)>) -> (Proc, PathBuf) {
-    let path = dir.join(format!("{name}.sock"));
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut cmd = Command::new(lockd_bin());
-    cmd.arg("--socket").arg(&path);
-    if let Some((conf, settings)) = cluster {
-        cmd.arg("--config")
-            .arg(conf)
+/// Waits (5 s at most) until `path` accepts a connection.
+fn wait_listening(what: &str, path: &Path) {
+    wait_for(what, 5, || UnixStream::connect(path).is_ok());
+}
+
+/// The single-node baseline: a lockd in no cluster, with empty settings
+/// (not the machine's settings, nor its cluster.conf).
+fn start_single(dir: &Path) -> (Proc, PathBuf) {
+    let path = dir.join("single.sock");
+    let settings = dir.join("single.toml");
+    std::fs::write(&settings, "").unwrap();
+    let log = std::fs::File::create(dir.join("single.log")).unwrap();
+    let p = Proc::spawn(
+        Command::new(lockd_bin())
+            .arg("--socket")
+            .arg(&path)
             .arg("--settings")
-            .arg(settings)
-            .arg("--node")
-            .arg(name);
-    } else {
-        // Not the machine's settings (nor its cluster) for the baseline either.
-        let s = dir.join("single.toml");
-        std::fs::write(&s, "").unwrap();
-        cmd.arg("--settings").arg(s);
-    }
-    let child = cmd
-        .env("RUST_LOG", "warn")
-        .env("O2CB_CONFIG_FILE", dir.join("no-cluster.conf"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let p = Proc { child };
-    wait_for(&format!("lockd {name}"), || {
-        UnixStream::connect(&path).is_ok()
-    });
+            .arg(&settings)
+            .env("RUST_LOG", "warn")
+            .env("O2CB_CONFIG_FILE", dir.join("no-cluster.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    );
+    wait_listening("the single-node lockd", &path);
     (p, path)
 }
 
-fn write_cluster(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
-    let conf = dir.join("cluster.conf");
-    let mut s =
-        String::from("cluster:\n\tname = benchc\n\theartbeat_mode = local\n\tnode_count = 2\n\n");
-    for (n, name, ip) in [(NODE_A, "alpha", IP_A), (NODE_B, "beta", IP_B)] {
-        s += &format!(
-            "node:\n\tcluster = benchc\n\tnumber = {n}\n\tip_port = {port}\n\tip_address = {ip}\n\tname = {name}\n\n"
-        );
-    }
-    std::fs::write(&conf, s).unwrap();
-    let settings = dir.join("lockd.toml");
-    // The shortest reconnect delay: the first join settles 1.1 s after start.
-    std::fs::write(&settings, "[network]\nreconnect_delay_ms = 100\n").unwrap();
-    (conf, settings)
+/// This executable again as one of its helper processes (`--echo-unix`,
+/// `--echo-tcp`, `--relay`), killed by pid when dropped.
+fn start_helper(args: &[&OsStr]) -> Proc {
+    Proc::spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn start_echo_unix(dir: &Path) -> (Proc, PathBuf) {
+    let path = dir.join("echo.sock");
+    let p = start_helper(&["--echo-unix".as_ref(), path.as_ref()]);
+    wait_listening("the Unix echo server", &path);
+    (p, path)
+}
+
+fn start_echo_tcp(addr: SocketAddrV4) -> Proc {
+    let p = start_helper(&["--echo-tcp".as_ref(), addr.to_string().as_ref()]);
+    wait_for("the TCP echo server", 5, || {
+        TcpStream::connect(addr).is_ok()
+    });
+    p
+}
+
+fn start_relay(dir: &Path, to: SocketAddrV4) -> (Proc, PathBuf) {
+    let path = dir.join("relay.sock");
+    let p = start_helper(&["--relay".as_ref(), path.as_ref(), to.to_string().as_ref()]);
+    wait_for("the relay", 5, || path.exists());
+    (p, path)
 }
 
 /// Read and write system calls of a process so far (None if unreadable).
-fn syscalls(pid: u32) -> Option<u64> {
+fn syscalls(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
     let get = |k: &str| -> Option<u64> {
         s.lines()
@@ -568,7 +523,14 @@ fn main() {
     let per = n / batches;
     let warm = (per / 10).max(5);
     let cpus = num_cpus();
-    let dir = tempfile::tempdir().unwrap();
+    std::panic::set_hook({
+        let default = std::panic::take_hook();
+        Box::new(move |info| {
+            default(info);
+            // With panic = abort no guard runs: kill every process started.
+            harness::kill_tracked();
+        })
+    });
     let started = Instant::now();
 
     println!(
@@ -578,21 +540,23 @@ fn main() {
     );
 
     // The processes, started once and re-pinned per placement.
-    let port = free_port();
-    let (conf, settings) = write_cluster(dir.path(), port);
-    let (lockd_a, sock_a) = start_lockd(dir.path(), "alpha", Some((&conf, &settings)));
-    let (lockd_b, sock_b) = start_lockd(dir.path(), "beta", Some((&conf, &settings)));
-    let (single, sock_s) = start_lockd(dir.path(), "single", None);
-    let (echo_u, path_u) = start_echo_unix(dir.path());
+    let cluster = start_cluster();
+    let port = cluster.port;
+    let (lockd_a, lockd_b) = (cluster.pid(0), cluster.pid(1));
+    let (sock_a, sock_b) = (&cluster.nodes[0].socket, &cluster.nodes[1].socket);
+    // The other processes' sockets and the single lockd's log: there too.
+    let dir = &cluster.path;
+    let (single, sock_s) = start_single(dir);
+    let (echo_u, path_u) = start_echo_unix(dir);
     let echo_addr = {
         let l = TcpListener::bind((IP_B, 0)).unwrap();
         SocketAddrV4::new(IP_B, l.local_addr().unwrap().port())
     };
     let echo_t = start_echo_tcp(echo_addr);
-    let (relay_p, path_r) = start_relay(dir.path(), echo_addr);
+    let (relay_p, path_r) = start_relay(dir, echo_addr);
 
-    let mut a = Client::connect(&sock_a).unwrap();
-    let mut b = Client::connect(&sock_b).unwrap();
+    let mut a = Client::connect(sock_a).unwrap();
+    let mut b = Client::connect(sock_b).unwrap();
     let mut s = Client::connect(&sock_s).unwrap();
     let t = Instant::now();
     a.join(DOMAIN, true).unwrap();
@@ -642,8 +606,8 @@ fn main() {
         let secs: f64 = args.get(i + 2).and_then(|x| x.parse().ok()).unwrap_or(10.0);
         println!(
             "spinning '{what}' for {secs} s: lockd node 1 pid {}, node 2 pid {}, client pid {}, single pid {}",
-            lockd_a.pid(),
-            lockd_b.pid(),
+            lockd_a,
+            lockd_b,
             std::process::id(),
             single.pid()
         );
@@ -770,7 +734,7 @@ fn main() {
     let (to_b, b_cmds) = std::sync::mpsc::channel::<BCmd>();
     let (b_done, from_b) = std::sync::mpsc::channel::<f64>();
     let b_thread = {
-        let mut hb = Client::connect(&sock_b).unwrap();
+        let mut hb = Client::connect(sock_b).unwrap();
         let res = handoff.clone();
         std::thread::spawn(move || {
             while let Ok(cmd) = b_cmds.recv() {
@@ -793,12 +757,12 @@ fn main() {
     for pl in &placements {
         to_b.send(BCmd::Pin(pl.far)).unwrap();
         from_b.recv().unwrap();
-        pin(Some(lockd_a.pid()), pl.near);
-        pin(Some(single.pid()), pl.near);
-        pin(Some(echo_u.pid()), pl.near);
-        pin(Some(relay_p.pid()), pl.near);
-        pin(Some(lockd_b.pid()), pl.far);
-        pin(Some(echo_t.pid()), pl.far);
+        for p in [lockd_a, single.pid(), echo_u.pid(), relay_p.pid()] {
+            pin(Some(p as u32), pl.near);
+        }
+        for p in [lockd_b, echo_t.pid()] {
+            pin(Some(p as u32), pl.far);
+        }
         pin(None, pl.near);
 
         let fresh = names_on_b(&format!("fresh-{}", pl.name), n + batches * warm);
@@ -822,9 +786,9 @@ fn main() {
                 .extend(samples(per, warm, || relay_pair(&mut raw_r, true)));
 
             let before = (remote_requests(&mut a), remote_requests(&mut b));
-            let sys_b = syscalls(lockd_b.pid());
+            let sys_b = syscalls(lockd_b);
             rc.v.extend(samples(per, warm, || lock_pair(&mut a, &cached)));
-            let sys_b2 = syscalls(lockd_b.pid());
+            let sys_b2 = syscalls(lockd_b);
             b_quiet = match (b_quiet, sys_b, sys_b2) {
                 // Minus the status request's own read and write on node 2.
                 (Some(q), Some(x), Some(y)) => Some(q + (y - x).saturating_sub(2)),

@@ -12,7 +12,8 @@
 //!   many connections.
 //! - Redis SET NX PX + DEL (if `redis-server` is installed) from a minimal RESP
 //!   client, 1 and 64 connections.
-//! - `dlmctl lock --ex d r -- true` against `flock FILE true`.
+//! - `dlmctl lock --ex d r -- true` against `flock FILE true` (the dlmctl
+//!   built with the bench, or `$LOCKBENCH_DLMCTL`).
 //! - Memory of an idle resource (no locks, a value block set) in the core,
 //!   measured with a counting allocator and as RSS over 1M resources.
 
@@ -541,6 +542,14 @@ fn main() {
     println!(
         "== CLI: `dlmctl lock --ex d r -- true` vs `flock FILE true` (wall time per run, interleaved)"
     );
+    // The dlmctl cargo built with this bench carries the features that the
+    // dev-dependencies turn on (regex-syntax's Unicode tables), which make
+    // it larger and slower to start than the one `cargo build --release`
+    // or `cargo install` makes: `$LOCKBENCH_DLMCTL` times that one instead.
+    let dlmctl = std::env::var_os("LOCKBENCH_DLMCTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dlmctl")));
+    println!("dlmctl: {}", dlmctl.display());
     let runs = if quick { 60 } else { 300 };
     let lockfile = dir.path().join("flockfile");
     std::fs::write(&lockfile, b"").unwrap();
@@ -548,7 +557,7 @@ fn main() {
     let mut fl = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let st = Command::new(env!("CARGO_BIN_EXE_dlmctl"))
+        let st = Command::new(&dlmctl)
             .args(["lock", "--ex", "d", "r", "--", "true"])
             .env("LOCKD_SOCKET", &lockd.path)
             .env("LOCKD_NO_AUTOSTART", "1")

@@ -6,7 +6,7 @@
 //!
 //! The reader accepts and rejects exactly what ocfs2-tools 1.8.7 does and the
 //! writer produces its bytes (see `docs/COMPATIBILITY.md`); both are pure
-//! ([`parse`], [`ClusterConf::to_bytes`]). File access lives in [`file`](mod@file): atomic
+//! ([`parse`](fn@parse), [`ClusterConf::to_bytes`]). File access lives in [`file`](mod@file): atomic
 //! replacement under an advisory lock.
 //!
 //! May depend on: std, `serde`/`toml` (settings), `thiserror`. Nothing else in

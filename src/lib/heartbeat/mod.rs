@@ -11,11 +11,9 @@
 //!
 //! May depend on: std, `thiserror`. Pure decoding is kept apart from file access.
 
-/// Region I/O: direct, synchronous slot reads and writes with aligned buffers.
 pub mod device;
 pub mod format;
 pub mod liveness;
 pub mod ocfs2;
 mod ocfs2_walk;
-/// Where a region's slots are: OCFS2 heartbeat files and raw regions.
 pub mod region;

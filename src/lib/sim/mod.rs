@@ -14,7 +14,7 @@
 //! until it heals, while the disk heartbeat still shows every node to every
 //! other (no death notice). A few hundred milliseconds later (the hold:
 //! the heartbeat dead time and two intervals; per node) each node applies
-//! the o2quo rule ([`quorate`]) with its heartbeat's live nodes as the
+//! the o2quo rule ([`quorate`](crate::quorum::quorate)) with its heartbeat's live nodes as the
 //! voters and those on its own side as reachable, and again whenever it is
 //! told of a death while the partition lasts. A node that is not quorate
 //! fences itself ([`Input::Fence`]: its clients lose every lock, requests
@@ -44,7 +44,7 @@
 //!   node held PW or EX it must not be read as valid with a value;
 //! - every request is answered exactly once and immediately, except joins
 //!   and forced leaves, which are answered once the membership change is
-//!   done (a fence answers them with [`DlmError::Fenced`]); only a fenced
+//!   done (a fence answers them with [`DlmError::Fenced`](crate::dlm::DlmError::Fenced)); only a fenced
 //!   node refuses with that error or takes a lock back as fenced.
 //!
 //! At each fence it also checks that, with the fencing node's voters, at

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::Path;
 
-use super::{AddNodeArgs, ClusterAndRegion, Did, Done, FAIL, Say, unprotect, usage};
+use super::{AddNodeArgs, ClusterAndRegion, Did, Done, Say, unprotect, usage};
 use crate::cli::Failure;
 use crate::config::{self, ClusterConf, DEFAULT_PORT, strip_blanks};
 use crate::heartbeat::ocfs2;
@@ -112,14 +112,14 @@ pub(super) fn add_node(conf: &mut ClusterConf, a: AddNodeArgs, say: &Say) -> Did
         a.ip.as_deref().unwrap_or("auto")
     ));
     if conf.cluster(&cluster).is_none() {
-        return Err(fail(config::EditError::UnknownCluster(cluster)));
+        return Err(Failure::error(config::EditError::UnknownCluster(cluster)));
     }
     let ip = match &a.ip {
         Some(ip) => ip
             .parse::<Ipv4Addr>()
-            .map_err(|_| fail(format!("Bad IP Address '{ip}'")))?,
+            .map_err(|_| Failure::error(format!("Bad IP Address '{ip}'")))?,
         None => resolve_ipv4(nodename).map_err(|e| {
-            fail(format!(
+            Failure::error(format!(
                 "{e}, while looking up the IP address for '{nodename}'"
             ))
         })?,
@@ -135,11 +135,11 @@ pub(super) fn add_node(conf: &mut ClusterConf, a: AddNodeArgs, say: &Say) -> Did
         .cluster(&cluster)
         .expect("checked")
         .choose_number(requested)
-        .map_err(fail)?;
+        .map_err(Failure::error)?;
     say.debug(format!("Validated node number '{n}'"));
     let n = conf
         .add_node(&cluster, nodename, ip, port, requested)
-        .map_err(fail)?;
+        .map_err(Failure::error)?;
     say.app(format!(
         "Added node '{nodename}' in cluster '{cluster}' having ip '{ip}', port '{}' and number '{n}'",
         port as i32
@@ -161,7 +161,7 @@ fn region_of(arg: &str, say: &Say) -> Result<String, Failure> {
     ocfs2::read_superblock(Path::new(arg))
         .map(|sb| sb.uuid_string())
         .map_err(|e| {
-            fail(format!(
+            Failure::error(format!(
                 "cannot read the heartbeat region of device '{arg}': {e}"
             ))
         })
@@ -196,7 +196,7 @@ pub(super) fn heartbeat(
             format!("Removed heartbeat region '{region}' from cluster '{cluster}'"),
         )
     };
-    result.map_err(fail)?;
+    result.map_err(Failure::error)?;
     if region.is_empty() {
         say.error(
             "warning: stored an empty heartbeat region, as ocfs2-tools does; \
@@ -205,9 +205,4 @@ pub(super) fn heartbeat(
     }
     say.app(done);
     Ok(Done::Modified)
-}
-
-/// The real tool's failure: exit 1, `o2cb: message`.
-fn fail(e: impl std::fmt::Display) -> Failure {
-    Failure::new(FAIL, e)
 }

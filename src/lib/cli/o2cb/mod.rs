@@ -410,12 +410,13 @@ impl Say {
 /// (nothing for an unknown command).
 fn usage(word: &str) -> Failure {
     match command_usage(word) {
-        Some(u) => Failure::new(FAIL, format!("usage: {u}")),
+        Some(u) => Failure::error(format!("usage: {u}")),
         None => Failure::silent(FAIL),
     }
 }
 
-const FAIL: u8 = 1;
+/// The real tool exits 1 on every error.
+const FAIL: u8 = super::exit::ERROR;
 
 /// What a command did.
 enum Done {
@@ -496,18 +497,18 @@ pub fn run(args: Vec<OsString>) -> Outcome {
         match ConfigLock::acquire(&path) {
             Ok(l) => Some(l),
             Err(StoreError::NoDirectory { .. }) => None,
-            Err(e) => return Err(Failure::new(FAIL, e)),
+            Err(e) => return Err(Failure::error(e)),
         }
     } else {
         None
     };
 
-    let mut conf = config::load(&path).map_err(|e| Failure::new(FAIL, e))?;
+    let mut conf = config::load(&path).map_err(Failure::error)?;
     match execute(&mut conf, &path, command, &say)? {
         Done::Status(s) => Ok(s),
         Done::Modified => match config::store(&path, &conf) {
             Ok(()) => Ok(0),
-            Err(e) => Err(Failure::new(FAIL, e)),
+            Err(e) => Err(Failure::error(e)),
         },
     }
 }
@@ -521,7 +522,7 @@ pub fn main() -> ExitCode {
 fn execute(conf: &mut ClusterConf, path: &Path, command: O2cbCommand, say: &Say) -> Did {
     use O2cbCommand as C;
     let edit = |r: Result<(), config::EditError>, done: String| {
-        r.map_err(|e| Failure::new(FAIL, e))?;
+        r.map_err(Failure::error)?;
         say.app(done);
         Ok(Done::Modified)
     };
@@ -538,7 +539,7 @@ fn execute(conf: &mut ClusterConf, path: &Path, command: O2cbCommand, say: &Say)
                     say.error(e);
                     Ok(Done::Status(0))
                 }
-                Err(e) => Err(Failure::new(FAIL, e)),
+                Err(e) => Err(Failure::error(e)),
             }
         }
         C::RemoveCluster(a) => {

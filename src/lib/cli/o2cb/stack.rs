@@ -43,9 +43,9 @@ fn stack_client() -> Result<Client, Failure> {
     opts.autostart = false;
     Client::connect_with(&opts).map_err(|e| {
         if e.is_unreachable() {
-            Failure::new(FAIL, NO_STACK)
+            Failure::error(NO_STACK)
         } else {
-            Failure::new(FAIL, e)
+            Failure::error(e)
         }
     })
 }
@@ -56,10 +56,9 @@ pub(super) fn stack(conf: &ClusterConf, path: &Path, a: ClusterWord, op: Stack, 
     // kernel, except for stop-heartbeat and unregister-cluster.
     let known = conf.cluster(c);
     if matches!(op, Stack::Register | Stack::Heartbeat(true)) && known.is_none() {
-        return Err(Failure::new(
-            FAIL,
-            config::EditError::UnknownCluster(c.to_owned()),
-        ));
+        return Err(Failure::error(config::EditError::UnknownCluster(
+            c.to_owned(),
+        )));
     }
     let mut client = stack_client()?;
     let result = match op {
@@ -77,7 +76,7 @@ pub(super) fn stack(conf: &ClusterConf, path: &Path, a: ClusterWord, op: Stack, 
             client.cluster_heartbeat(c, start)
         }
     };
-    result.map_err(|e| Failure::new(FAIL, e))?;
+    result.map_err(Failure::error)?;
     say.app(match op {
         Stack::Register => format!("Registered cluster '{c}'"),
         Stack::Unregister => format!("Unregistered cluster '{c}'"),
@@ -90,12 +89,8 @@ pub(super) fn stack(conf: &ClusterConf, path: &Path, a: ClusterWord, op: Stack, 
 /// `cluster-status [NAME]`: `Cluster 'c' is online` (exit 0) when lockd
 /// runs that cluster (or any, with no name); `offline` (exit 1) otherwise.
 pub(super) fn cluster_status(a: ClusterWord) -> Did {
-    let running = stack_client().and_then(|mut client| {
-        client
-            .status()
-            .map(|s| s.cluster)
-            .map_err(|e| Failure::new(FAIL, e))
-    });
+    let running = stack_client()
+        .and_then(|mut client| client.status().map(|s| s.cluster).map_err(Failure::error));
     let running = match running {
         Ok(r) => r,
         Err(f) => {

@@ -5,6 +5,7 @@
 //!
 //! May depend on: `config`, `client` (the connection itself), std, nix.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
@@ -72,18 +73,20 @@ pub fn configured_cluster() -> Option<(PathBuf, String)> {
 fn installed_lockd() -> Result<PathBuf, ClientError> {
     let exe = std::env::current_exe()
         .map_err(|e| ClientError::Autostart(format!("cannot find our own executable: {e}")))?;
+    find_lockd(&exe, std::env::var_os("PATH").as_deref()).ok_or_else(|| {
+        ClientError::Autostart(format!("no lockd beside {} or on PATH", exe.display()))
+    })
+}
+
+/// The first file named `lockd` beside `exe`, one directory up, or in a
+/// directory of `path` (a `PATH` value).
+fn find_lockd(exe: &Path, path: Option<&OsStr>) -> Option<PathBuf> {
     let dir = exe.parent().unwrap_or(Path::new("/"));
     let beside = [dir, dir.parent().unwrap_or(dir)].map(|d| d.join("lockd"));
-    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("lockd")).collect())
+    let on_path: Vec<PathBuf> = path
+        .map(|p| std::env::split_paths(p).map(|d| d.join("lockd")).collect())
         .unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(on_path)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            ClientError::Autostart(format!("no lockd beside {} or on PATH", exe.display()))
-        })
+    beside.into_iter().chain(on_path).find(|p| p.is_file())
 }
 
 /// The running executable, as the kernel knows it (so it works even when
@@ -194,5 +197,33 @@ impl Client {
             opts.wait.as_secs(),
             opts.socket.log_file().display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_lockd_is_beside_the_executable_one_up_or_on_path() {
+        let t = tempfile::tempdir().unwrap();
+        let (bin, deps, sbin) = (
+            t.path().join("bin"),
+            t.path().join("bin/deps"),
+            t.path().join("sbin"),
+        );
+        for d in [&deps, &sbin] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let exe = deps.join("tool");
+        let path = std::env::join_paths([&sbin]).unwrap();
+        assert_eq!(find_lockd(&exe, Some(&path)), None);
+        std::fs::write(sbin.join("lockd"), b"").unwrap();
+        assert_eq!(find_lockd(&exe, Some(&path)), Some(sbin.join("lockd")));
+        assert_eq!(find_lockd(&exe, None), None);
+        std::fs::write(bin.join("lockd"), b"").unwrap();
+        assert_eq!(find_lockd(&exe, Some(&path)), Some(bin.join("lockd")));
+        std::fs::write(deps.join("lockd"), b"").unwrap();
+        assert_eq!(find_lockd(&exe, Some(&path)), Some(deps.join("lockd")));
     }
 }

@@ -176,6 +176,40 @@ fn a_lone_dlmctl_runs_lockd_from_its_own_executable() {
         eventually(10, || !sock.exists()),
         "SIGTERM should remove the socket"
     );
+    // A relative --socket: lockd, which runs in /, is given it in full.
+    let rel = |args: &[&str]| {
+        let mut c = Command::new(&lone);
+        c.args(["--socket", "rel/lockd.sock"])
+            .args(args)
+            .current_dir(dir.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("LOCKD_SOCKET")
+            .env_remove("LOCKD_NO_AUTOSTART")
+            .env("O2CB_CONFIG_FILE", dir.path().join("no-cluster.conf"));
+        output(&mut c)
+    };
+    let out = rel(&["lock", "d", "r", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(
+        &rel(&["--no-autostart", "status", "--json"]).stdout,
+    ));
+    let pid = v["pid"].as_i64().unwrap() as i32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let full = dir.path().join("rel/lockd.sock");
+    let mut want = b"lockd\0--socket\0".to_vec();
+    want.extend_from_slice(full.as_os_str().as_encoded_bytes());
+    assert!(cmdline.starts_with(&want), "{cmdline:?}");
+    assert!(eventually(10, || !full.exists()));
 }
 
 #[test]
@@ -443,6 +477,9 @@ fn persistent_lock_outlives_its_dlmctl_and_is_released_by_unlock() {
     let (code, _, err) = l.run(&["unlock", "d", "s"]);
     assert_eq!(code, 1);
     assert!(err.contains("--id"), "{err}");
+    let (code, _, err) = l.run(&["unlock", "--id", "999", "d", "s"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no lock 999 on d/s"), "{err}");
     assert_eq!(l.run(&["unlock", "--id", a.trim(), "d", "s"]).0, 0);
     assert_eq!(l.run(&["unlock", "--id", b.trim(), "d", "s"]).0, 0);
 }
